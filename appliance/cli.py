@@ -16,11 +16,16 @@ from appliance.errors import WorkflowError
 
 def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--files", required=True, help="text file with one ROOT file path or URL per line")
-    parser.add_argument("--labels", required=True,
-                        help="text file with one label per file (or a comma list, or the name of a label branch)")
+    parser.add_argument(
+        "--labels",
+        required=True,
+        help="text file with one label per file (or a comma list, or the name of a label branch)",
+    )
     parser.add_argument("--params", required=True, help="params.json of the workflow")
     parser.add_argument("--preproc", help="preproc.json: new branches and cuts")
-    parser.add_argument("--specs", help="specs JSON file: reused when it matches the inputs, else (re)written")
+    parser.add_argument(
+        "--specs", help="specs JSON file: reused when it matches the inputs, else (re)written"
+    )
 
 
 def _server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,14 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--publish", help="model repository directory to publish the bundle into")
     train.add_argument("--name", help="model name in the repository (default: the output directory's name)")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    train.add_argument("--progress-file",
-                       help="append one JSON line per progress event here (the job worker follows it)")
+    train.add_argument(
+        "--progress-file", help="append one JSON line per progress event here (the job worker follows it)"
+    )
 
     generate = sub.add_parser("generate", help="write a synthetic NanoAOD-like ROOT file (TTree)")
     generate.add_argument("output")
     generate.add_argument("--events", type=int, default=10_000)
-    generate.add_argument("--shift", type=float, default=0.0,
-                          help="moves every distribution; signal > 0 separates from background = 0")
+    generate.add_argument(
+        "--shift",
+        type=float,
+        default=0.0,
+        help="moves every distribution; signal > 0 separates from background = 0",
+    )
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--flat", type=int, default=20, help="number of flat branches")
     generate.add_argument("--jagged", type=int, default=40, help="number of jagged branches")
@@ -86,8 +96,14 @@ def _dispatch(args: argparse.Namespace) -> dict | int | None:
     if args.command == "read":
         from appliance.streaming import read_workflow
 
-        return read_workflow(args.files, args.labels, args.params, args.preproc, args.specs,
-                             progress=not args.quiet and sys.stderr.isatty())
+        return read_workflow(
+            args.files,
+            args.labels,
+            args.params,
+            args.preproc,
+            args.specs,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
     if args.command == "train":
         from appliance.training import train_from_cli
 
@@ -95,8 +111,13 @@ def _dispatch(args: argparse.Namespace) -> dict | int | None:
     if args.command == "generate":
         from appliance.synthetic import SyntheticSchema, write_root_file
 
-        path = write_root_file(args.output, args.events, shift=args.shift, seed=args.seed,
-                               schema=SyntheticSchema(args.flat, args.jagged))
+        path = write_root_file(
+            args.output,
+            args.events,
+            shift=args.shift,
+            seed=args.seed,
+            schema=SyntheticSchema(args.flat, args.jagged),
+        )
         return {"file": str(path), "events": args.events}
     if args.command == "serve":
         from appliance.service import serve

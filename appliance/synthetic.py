@@ -24,9 +24,25 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
     "Tau": ("pt", "eta", "phi", "mass", "dxy", "dz", "charge", "decayMode", "rawIso", "leadTkPtOverTauPt"),
 }
 FLAT_VARIABLES: tuple[str, ...] = (
-    "MET_pt", "MET_phi", "MET_sumEt", "MET_significance", "PuppiMET_pt", "PuppiMET_phi", "CaloMET_pt",
-    "CaloMET_phi", "RawMET_pt", "RawMET_phi", "PV_npvs", "PV_npvsGood", "PV_x", "PV_y", "PV_z", "PV_chi2",
-    "fixedGridRhoFastjetAll", "HT", "genWeight",
+    "MET_pt",
+    "MET_phi",
+    "MET_sumEt",
+    "MET_significance",
+    "PuppiMET_pt",
+    "PuppiMET_phi",
+    "CaloMET_pt",
+    "CaloMET_phi",
+    "RawMET_pt",
+    "RawMET_phi",
+    "PV_npvs",
+    "PV_npvsGood",
+    "PV_x",
+    "PV_y",
+    "PV_z",
+    "PV_chi2",
+    "fixedGridRhoFastjetAll",
+    "HT",
+    "genWeight",
 )
 IDENTIFIERS: tuple[str, ...] = ("run", "luminosityBlock", "event")
 MEAN_MULTIPLICITY = {"Jet": 4.0, "Muon": 1.2, "Electron": 1.0, "Tau": 0.8}

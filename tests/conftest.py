@@ -34,8 +34,9 @@ def sample_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "signal": write_root_file(base / "signal.root", 3000, shift=1.0, seed=1, schema=schema),
         "background": write_root_file(base / "background.root", 5000, shift=0.0, seed=2, schema=schema),
-        "background_twin": write_root_file(base / "background_twin.root", 3000, shift=0.0, seed=3,
-                                           schema=schema),
+        "background_twin": write_root_file(
+            base / "background_twin.root", 3000, shift=0.0, seed=3, schema=schema
+        ),
     }
 
 

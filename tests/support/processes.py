@@ -18,27 +18,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30.0,
-                  log: Path | None = None) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen | None = None, timeout: float = 30.0, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before listening on {port}"
-                               + (f":\n{log.read_text()[-3000:]}" if log and log.exists() else ""))
+            raise RuntimeError(
+                f"server exited with {process.returncode} before listening on {port}"
+                + (f":\n{log.read_text()[-3000:]}" if log and log.exists() else "")
+            )
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s"
-                       + (f":\n{log.read_text()[-3000:]}" if log and log.exists() else ""))
+    raise TimeoutError(
+        f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+        + (f":\n{log.read_text()[-3000:]}" if log and log.exists() else "")
+    )
 
 
 @contextlib.contextmanager
-def running(argv: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None,
-            cwd: Path | None = None, timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+def running(
+    argv: Sequence[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+) -> Iterator[subprocess.Popen]:
     """Run ``argv`` in its own process group until the block ends; the block starts once ``port`` listens."""
     with log.open("ab") as out:
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     try:
         wait_for_port(port, proc, timeout, log)
         yield proc

@@ -26,8 +26,11 @@ ROLE = REPO / "roles" / "xrootd_proxy"
 def render_proxy_config(**overrides: object) -> str:
     variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     variables.update(overrides)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ROLE / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     return env.get_template("xrootd-proxy.cfg.j2").render(**variables)
 
 
@@ -80,14 +83,21 @@ def xrootd_site(base: Path | None = None) -> Iterator[XRootDSite]:
     data.mkdir(mode=0o755)
     ports = {"origin": free_port(), "proxy": free_port(), "forwarding": free_port()}
     configs = {
-        "origin": (f"xrd.port {ports['origin']}\nall.export /\noss.localroot {data}\n"
-                   f"all.adminpath {work}/adm-origin\nall.pidpath {work}/adm-origin\n"),
-        "proxy": render_proxy_config(xrootd_proxy_port=ports["proxy"], xrootd_proxy_mode="direct",
-                                     xrootd_proxy_origin=f"127.0.0.1:{ports['origin']}",
-                                     xrootd_proxy_admin_path=f"{work}/adm-proxy"),
-        "forwarding": render_proxy_config(xrootd_proxy_port=ports["forwarding"],
-                                          xrootd_proxy_mode="forwarding",
-                                          xrootd_proxy_admin_path=f"{work}/adm-forwarding"),
+        "origin": (
+            f"xrd.port {ports['origin']}\nall.export /\noss.localroot {data}\n"
+            f"all.adminpath {work}/adm-origin\nall.pidpath {work}/adm-origin\n"
+        ),
+        "proxy": render_proxy_config(
+            xrootd_proxy_port=ports["proxy"],
+            xrootd_proxy_mode="direct",
+            xrootd_proxy_origin=f"127.0.0.1:{ports['origin']}",
+            xrootd_proxy_admin_path=f"{work}/adm-proxy",
+        ),
+        "forwarding": render_proxy_config(
+            xrootd_proxy_port=ports["forwarding"],
+            xrootd_proxy_mode="forwarding",
+            xrootd_proxy_admin_path=f"{work}/adm-forwarding",
+        ),
     }
     for name, text in configs.items():
         adm = work / f"adm-{name}"
@@ -97,8 +107,9 @@ def xrootd_site(base: Path | None = None) -> Iterator[XRootDSite]:
     try:
         with contextlib.ExitStack() as stack:
             for name in ("origin", "proxy", "forwarding"):
-                stack.enter_context(running(_xrootd_argv(work / f"{name}.cfg"), ports[name],
-                                            work / f"{name}.log", timeout=30))
+                stack.enter_context(
+                    running(_xrootd_argv(work / f"{name}.cfg"), ports[name], work / f"{name}.log", timeout=30)
+                )
             yield XRootDSite(data, ports["origin"], ports["proxy"], ports["forwarding"], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

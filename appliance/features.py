@@ -1,0 +1,233 @@
+"""The preprocessing contract: how raw branch values become the model's input matrix.
+
+A :class:`FeatureSpec` is computed by pass 1 (``appliance.specs``), applied to every chunk by the stream, and
+saved in the model bundle's ``params.json`` so that TFaaS applies exactly the same transformation to raw
+branch values sent by a client. It depends only on NumPy and awkward.
+
+Column order: flat branches, then each jagged branch padded/truncated to its length (``Jet_pt[0]`` ...), then
+optional mask columns (``Jet_pt.mask[0]`` ..., 1 where a value is present).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from appliance.errors import WorkflowError
+from appliance.expressions import Expression
+
+FORMAT = "mlaas4hep-features/1"
+NORMALISATIONS = ("minmax", "standard", "none")
+
+
+@dataclass
+class BranchStats:
+    """Statistics of one branch over the training data (all elements, for jagged branches)."""
+
+    name: str
+    kind: str  # "flat" or "jagged"
+    min: float = 0.0
+    max: float = 0.0
+    mean: float = 0.0
+    std: float = 0.0
+    count: int = 0
+    nonfinite: int = 0
+    length: int = 0  # jagged: padded length used in the model input
+    max_length: int = 0  # jagged: longest list seen
+    length_counts: list[int] = field(default_factory=list)  # jagged: events per list length 0..max_length
+
+    def scale(self, normalisation: str) -> tuple[float, float]:
+        """Return (offset, factor) with normalised = (x - offset) * factor; a constant branch maps to 0."""
+        if normalisation == "minmax":
+            span = self.max - self.min
+            return self.min, (1.0 / span if span > 0 else 0.0)
+        if normalisation == "standard":
+            return self.mean, (1.0 / self.std if self.std > 0 else 0.0)
+        return 0.0, 1.0
+
+
+@dataclass
+class FeatureSpec:
+    flat: list[BranchStats]
+    jagged: list[BranchStats]
+    normalisation: str = "minmax"
+    nan_value: float = 0.0
+    mask: bool = False
+    new_branches: dict[str, dict[str, str]] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in NORMALISATIONS:
+            raise WorkflowError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+        self._expressions = {
+            name: Expression(definition["def"], where=f"new branch {name!r}")
+            for name, definition in self.new_branches.items()
+        }
+
+    @property
+    def branches(self) -> list[BranchStats]:
+        return [*self.flat, *self.jagged]
+
+    @property
+    def columns(self) -> list[str]:
+        names = [b.name for b in self.flat]
+        for b in self.jagged:
+            names += [f"{b.name}[{i}]" for i in range(b.length)]
+        if self.mask:
+            for b in self.jagged:
+                names += [f"{b.name}.mask[{i}]" for i in range(b.length)]
+        return names
+
+    @property
+    def dim(self) -> int:
+        return len(self.flat) + sum(b.length for b in self.jagged) * (2 if self.mask else 1)
+
+    @property
+    def input_branches(self) -> list[str]:
+        """Raw branches a caller must provide: feature branches and those read by new-branch definitions."""
+        needed = [b.name for b in self.branches if b.name not in self.new_branches]
+        for expression in self._expressions.values():
+            needed += sorted(n for n in expression.names if n not in self.new_branches)
+        return list(dict.fromkeys(needed))
+
+    def nonfinite_branches(self) -> dict[str, int]:
+        return {b.name: b.nonfinite for b in self.branches if b.nonfinite}
+
+    # -- transformation --
+
+    def add_new_branches(self, arrays: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``arrays`` plus the new branches of ``preproc.json``, computed in their declared order.
+
+        A new branch already present (computed by the stream's cuts, or sent by a client) is kept as it is.
+        """
+        columns = (
+            dict(arrays.items()) if isinstance(arrays, Mapping) else {f: arrays[f] for f in arrays.fields}
+        )
+        for name, expression in self._expressions.items():
+            if name not in columns:
+                columns[name] = expression.evaluate(lambda branch: _lookup(columns, branch))
+        return columns
+
+    def transform(self, arrays: Mapping[str, Any]) -> np.ndarray:
+        """Turn raw branch arrays (one entry per event) into the float32 model input ``[n_events, dim]``."""
+        columns = self.add_new_branches(arrays)
+        n_events = _n_events(columns, self.branches)
+        out = np.empty((n_events, self.dim), dtype=np.float32)
+        for j, stats in enumerate(self.flat):
+            out[:, j] = self._normalise(
+                stats, _flat_values(_lookup(columns, stats.name), stats.name, n_events)
+            )
+        position = len(self.flat)
+        mask_position = position + sum(b.length for b in self.jagged)
+        for stats in self.jagged:
+            block = out[:, position : position + stats.length]
+            mask = out[:, mask_position : mask_position + stats.length] if self.mask else None
+            self._pad(stats, _lookup(columns, stats.name), n_events, block, mask)
+            position += stats.length
+            mask_position += stats.length
+        return out
+
+    def _normalise(self, stats: BranchStats, values: np.ndarray) -> np.ndarray:
+        offset, factor = stats.scale(self.normalisation)
+        with np.errstate(all="ignore"):
+            result = (values - offset) * factor
+        result[~np.isfinite(result)] = self.nan_value
+        return result
+
+    def _pad(
+        self, stats: BranchStats, array: Any, n_events: int, block: np.ndarray, mask: np.ndarray | None
+    ) -> None:
+        """Pad or truncate each event's list into ``block`` with offsets arithmetic: no per-event Python."""
+        try:
+            array = array if isinstance(array, ak.Array) else ak.Array(array)
+            counts = np.asarray(ak.num(array, axis=1), dtype=np.int64)
+            content = np.asarray(ak.to_numpy(ak.flatten(array, axis=1)), dtype=np.float64)
+        except (ValueError, TypeError, ak.errors.AxisError) as err:
+            raise WorkflowError(
+                f"branch {stats.name!r} must hold a list of numbers per event ({err})"
+            ) from None
+        if len(counts) != n_events:
+            raise WorkflowError(f"branch {stats.name!r} has {len(counts)} events, expected {n_events}")
+        block[:] = self.nan_value
+        if mask is not None:
+            mask[:] = 0.0
+        if content.size == 0 or stats.length == 0:
+            return
+        starts = np.cumsum(counts) - counts
+        slot = np.arange(content.size, dtype=np.int64) - np.repeat(starts, counts)
+        keep = slot < stats.length
+        rows = np.repeat(np.arange(n_events, dtype=np.int64), counts)[keep]
+        slot = slot[keep]
+        block[rows, slot] = self._normalise(stats, content[keep])
+        if mask is not None:
+            mask[rows, slot] = 1.0
+
+    # -- serialisation --
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "normalisation": self.normalisation,
+            "nan_value": self.nan_value,
+            "mask": self.mask,
+            "new_branches": self.new_branches,
+            "flat": [asdict(b) for b in self.flat],
+            "jagged": [asdict(b) for b in self.jagged],
+            "columns": self.columns,
+            "dim": self.dim,
+            "dataset": self.dataset,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        if data.get("format") != FORMAT:
+            raise WorkflowError(
+                f"unsupported feature spec format {data.get('format')!r}, expected {FORMAT!r}"
+            )
+        try:
+            spec = cls(
+                flat=[BranchStats(**b) for b in data["flat"]],
+                jagged=[BranchStats(**b) for b in data["jagged"]],
+                normalisation=data.get("normalisation", "minmax"),
+                nan_value=float(data.get("nan_value", 0.0)),
+                mask=bool(data.get("mask", False)),
+                new_branches=dict(data.get("new_branches", {})),
+                dataset=dict(data.get("dataset", {})),
+            )
+        except (KeyError, TypeError) as err:
+            raise WorkflowError(f"malformed feature spec: {err}") from None
+        if "dim" in data and data["dim"] != spec.dim:
+            raise WorkflowError(f"feature spec says dim {data['dim']} but its branches give {spec.dim}")
+        return spec
+
+
+def _lookup(columns: Mapping[str, Any], name: str) -> Any:
+    try:
+        return columns[name]
+    except KeyError:
+        raise WorkflowError(f"branch {name!r} is missing from the input") from None
+
+
+def _n_events(columns: Mapping[str, Any], branches: list[BranchStats]) -> int:
+    for stats in branches:
+        if stats.name in columns:
+            return len(columns[stats.name])
+    return 0
+
+
+def _flat_values(array: Any, name: str, n_events: int) -> np.ndarray:
+    try:
+        if isinstance(array, ak.Array):
+            array = ak.to_numpy(array)
+        values = np.asarray(array, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise WorkflowError(f"branch {name!r} must hold one number per event") from None
+    if values.ndim != 1:
+        raise WorkflowError(f"branch {name!r} must hold one number per event, got shape {values.shape}")
+    if len(values) != n_events:
+        raise WorkflowError(f"branch {name!r} has {len(values)} events, expected {n_events}")
+    return values

@@ -1,0 +1,106 @@
+"""Opening ROOT files, local or remote through XRootD, with errors that name the culprit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import uproot
+import uproot.interpretation.jagged
+import uproot.interpretation.numerical
+
+from appliance.errors import WorkflowError
+
+# XRootD's client retries an unreachable server for minutes by default (5 tries over 120 s windows). A user
+# checking a workflow wants to hear quickly that a server is down; sites can still override these.
+os.environ.setdefault("XRD_CONNECTIONWINDOW", "10")
+os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
+OPEN_TIMEOUT_S = 60
+
+
+@dataclass
+class Source:
+    """One input file of the workflow and the part of it that is read."""
+
+    index: int
+    url: str
+    entries: int  # entries in the tree
+    entry_stop: int  # entries read: all, or this file's share of nevts
+    label: int | None
+
+
+def open_tree(url: str, tree: str) -> Any:
+    """Open ``url`` and return its TTree ``tree`` (which may be ``dir/tree``)."""
+    try:
+        handle = uproot.open(url, timeout=OPEN_TIMEOUT_S)
+    except FileNotFoundError:
+        raise WorkflowError(f"input file {url!r} does not exist") from None
+    except (OSError, TimeoutError) as err:
+        raise WorkflowError(f"cannot open {url!r}: {_first_line(err)}") from None
+    except ValueError as err:
+        raise WorkflowError(f"{url!r} is not a ROOT file: {_first_line(err)}") from None
+    try:
+        obj = handle[tree]
+    except uproot.KeyInFileError:
+        trees = sorted({k.split(";")[0] for k, c in handle.classnames().items() if c.startswith("TTree")})
+        raise WorkflowError(
+            f"tree {tree!r} not found in {url!r}; trees there: {', '.join(trees) or 'none'}"
+        ) from None
+    if not isinstance(obj, uproot.behaviors.TTree.TTree):
+        raise WorkflowError(f"{tree!r} in {url!r} is a {type(obj).__name__}, not a TTree")
+    return obj
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
+
+
+def branch_kind(branch: Any) -> str | None:
+    """ "flat" for one number per event, "jagged" for a list of numbers, None for what a model cannot take."""
+    interpretation = branch.interpretation
+    if isinstance(interpretation, uproot.interpretation.numerical.AsDtype):
+        return (
+            "flat" if interpretation.inner_shape == () and interpretation.from_dtype.kind in "biuf" else None
+        )
+    if isinstance(interpretation, uproot.interpretation.jagged.AsJagged):
+        content = interpretation.content
+        if isinstance(content, uproot.interpretation.numerical.AsDtype) and content.inner_shape == ():
+            return "jagged" if content.from_dtype.kind in "biuf" else None
+    return None
+
+
+def iterate(
+    tree: Any, branches: list[str], step: int, entry_start: int, entry_stop: int, url: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(first entry, {branch: array})`` chunks of ``step`` entries between start and stop."""
+    if entry_stop <= entry_start:
+        return
+    try:
+        for arrays in tree.iterate(
+            branches,
+            step_size=max(1, step),
+            entry_start=entry_start,
+            entry_stop=entry_stop,
+            library="ak",
+            how=dict,
+        ):
+            yield entry_start, arrays
+            entry_start += len(next(iter(arrays.values()))) if arrays else 0
+    except (OSError, TimeoutError) as err:
+        raise WorkflowError(f"reading {url!r} failed: {_first_line(err)}") from None
+
+
+def entry_shares(entries: list[int], nevts: int) -> list[int]:
+    """Entries to read per file: all, or ``nevts`` split over the files in proportion to their size."""
+    total = sum(entries)
+    if nevts < 0 or nevts >= total:
+        return list(entries)
+    shares = np.floor(np.asarray(entries, dtype=np.float64) * nevts / total).astype(np.int64)
+    # Hand the rounding remainder to the largest files so that exactly nevts are read.
+    for i in np.argsort(entries)[::-1][: nevts - int(shares.sum())]:
+        shares[i] += 1
+    return [int(min(s, e)) for s, e in zip(shares, entries, strict=True)]
