@@ -1,0 +1,265 @@
+"""The self-describing model bundle, and publishing it atomically into a model repository.
+
+Layout and ``params.json`` keys are the contract with TFaaS (docs/architecture.md)::
+
+    <bundle>/saved_model.pb variables/ assets/   SavedModel, signature serving_default: inputs -> outputs
+             params.json labels.txt metrics.json roc.png loss.png
+
+A bundle is always built in a temporary directory beside its destination and renamed into place, so nobody
+ever sees half of one. In a repository, ``REPO/<name>/<version>/`` is created by renaming a complete bundle
+from ``REPO/.incoming/``; a version number is never reused, and an existing version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.errors import WorkflowError
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "inputs"
+OUTPUT_NAME = "outputs"
+INCOMING = ".incoming"
+# Highest version ever published under a name, so that a deleted version's number is not handed out again.
+HIGH_WATER = ".last_version"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PUBLISH_ATTEMPTS = 100
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name) or ".." in name:
+        raise WorkflowError(
+            f"model name {name!r} is not valid: use letters, digits, '.', '_' and '-' "
+            "(at most 128, starting with a letter or digit)"
+        )
+    return name
+
+
+def params_document(name: str, features: Mapping[str, Any], version: int | None = None) -> dict[str, Any]:
+    """``params.json``: the original TFaaS keys, the signature, the version and the preprocessing contract."""
+    document: dict[str, Any] = {
+        "name": name,
+        "model": "saved_model.pb",
+        "labels": "labels.txt",
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "inputNode": INPUT_NAME,
+        "outputNode": OUTPUT_NAME,
+        "signature": SIGNATURE,
+        "features": dict(features),
+    }
+    if version is not None:
+        document["version"] = version
+    return document
+
+
+def export_saved_model(model: Any, path: Path, dim: int) -> None:
+    """Save ``model`` with the signature ``serving_default``: ``inputs`` [None, dim] -> ``outputs``."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_NAME: tf.cast(model(inputs, training=False), tf.float32)}
+
+    archive.add_endpoint(
+        name=SIGNATURE, fn=serve, input_signature=[tf.TensorSpec([None, dim], tf.float32, name=INPUT_NAME)]
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def write_bundle(
+    destination: str | Path,
+    *,
+    model: Any,
+    name: str,
+    features: Mapping[str, Any],
+    class_names: Sequence[str],
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    roc: Mapping[str, Any] | None,
+) -> Path:
+    """Build the bundle in a temporary directory beside ``destination`` and rename it there.
+
+    An existing bundle at ``destination`` is replaced (a new run of the same workflow); anything else that is
+    not an empty directory is refused, so a typo in ``--fout`` cannot destroy unrelated files.
+    """
+    destination = Path(destination).absolute()
+    check_output_directory(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        export_saved_model(model, staging, int(features["dim"]))
+        _write_json(staging / "params.json", params_document(name, features))
+        (staging / "labels.txt").write_text("".join(f"{label}\n" for label in class_names))
+        _write_json(staging / "metrics.json", metrics)
+        plot_loss(history, staging / "loss.png")
+        plot_roc(roc, class_names, staging / "roc.png")
+        _replace_directory(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def check_output_directory(destination: Path) -> None:
+    """Refuse an output path that exists and is neither an empty directory nor an earlier bundle."""
+    if not destination.exists():
+        return
+    if not destination.is_dir():
+        raise WorkflowError(f"output {str(destination)!r} exists and is not a directory")
+    if any(destination.iterdir()) and not (destination / "params.json").is_file():
+        raise WorkflowError(
+            f"output directory {str(destination)!r} is not empty and holds no model bundle; "
+            "choose another --fout"
+        )
+
+
+def _replace_directory(staging: Path, destination: Path) -> None:
+    """Rename ``staging`` to ``destination``; an earlier bundle there is moved aside first, then removed."""
+    try:
+        staging.rename(destination)
+        return
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
+    old.rmdir()
+    destination.rename(old)
+    try:
+        staging.rename(destination)
+    except BaseException:
+        old.rename(destination)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path, int]:
+    """Copy ``bundle`` into ``repository`` as ``<name>/<next version>`` with one atomic rename.
+
+    The copy goes to ``REPO/.incoming/<random>/`` (same file system), gets its ``params.json`` version, and is
+    renamed onto a version directory that does not exist yet. A concurrent publisher that takes the same
+    number first makes the rename fail; this one then takes the next number.
+    """
+    check_name(name)
+    repository = Path(repository).absolute()
+    incoming_root = repository / INCOMING
+    incoming_root.mkdir(parents=True, exist_ok=True)
+    model_dir = repository / name
+    model_dir.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="bundle-", dir=incoming_root))
+    try:
+        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        params = json.loads((staging / "params.json").read_text())
+        for _ in range(PUBLISH_ATTEMPTS):
+            version = next_version(model_dir)
+            params["version"] = version
+            params["name"] = name
+            _write_json(staging / "params.json", params)
+            target = model_dir / str(version)
+            try:
+                # A publisher that took this number first leaves a non-empty directory: rename then fails.
+                if target.exists():
+                    continue
+                staging.rename(target)
+            except OSError as err:
+                if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    continue
+                raise
+            _record_high_water(model_dir, version)
+            return target, version
+        raise RuntimeError(
+            f"could not find a free version of {name!r} in {repository} after {PUBLISH_ATTEMPTS} attempts"
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+    )
+
+
+def next_version(model_dir: Path) -> int:
+    existing = versions(model_dir)
+    high_water = 0
+    with contextlib.suppress(OSError, ValueError):
+        high_water = int((model_dir / HIGH_WATER).read_text().strip())
+    return max([high_water, *existing]) + 1
+
+
+def _record_high_water(model_dir: Path, version: int) -> None:
+    current = next_version(model_dir) - 1
+    fd, tmp = tempfile.mkstemp(prefix=f"{HIGH_WATER}.", dir=model_dir)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{max(current, version)}\n")
+    Path(tmp).replace(model_dir / HIGH_WATER)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def plot_loss(history: Sequence[Mapping[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.subplots()
+    epochs = [h["epoch"] for h in history]
+    axes.plot(epochs, [h.get("loss") for h in history], marker="o", label="training")
+    if any(h.get("val_loss") is not None for h in history):
+        axes.plot(epochs, [h.get("val_loss") for h in history], marker="o", label="validation")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss")
+    axes.set_title("loss per epoch")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_roc(roc: Mapping[str, Any] | None, class_names: Sequence[str], path: Path) -> None:
+    """ROC curves on the test part: one curve for a binary problem, one per class (one-vs-rest) otherwise."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 5), dpi=100)
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    if roc:
+        for label, curve in roc.items():
+            axes.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {curve['auc']:.3f})")
+        axes.legend(loc="lower right")
+    else:
+        axes.text(0.5, 0.5, "no test events with two classes", ha="center")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_title("ROC on the test part")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    figure.tight_layout()
+    figure.savefig(path)

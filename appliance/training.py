@@ -1,0 +1,618 @@
+"""Training the user's model on the streamed workflow, and producing the model bundle.
+
+Every epoch is one pass of :class:`~appliance.streaming.EventStream` over all the data. Its training events
+feed Keras through ``tf.data`` (re-batched to ``batch_size`` and prefetched), so reading, which runs in the
+stream's own thread, overlaps with training. Validation and test events are never trained on: in the first
+pass they are written to a hold-out cache on disk beside the output (memory stays bounded by the chunk
+size); validation runs on the cache after each epoch and the final evaluation on the test cache.
+
+Progress events (``progress`` callback, ``--progress-file`` lines) are documented in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.bundle import check_name, check_output_directory, write_bundle
+from appliance.bundle import publish as publish_bundle
+from appliance.errors import WorkflowError
+from appliance.features import FeatureSpec
+from appliance.models import TargetEncoding, load_model
+from appliance.specs import load_or_compute_specs
+from appliance.streaming import TEST, TRAIN, VALIDATION, EventStream
+from appliance.workflow import Workflow, load_workflow
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+# Rows per hold-out cache file: large enough for few files, small enough to keep memory bounded.
+HOLDOUT_BLOCK_ROWS = 65_536
+PROGRESS_INTERVAL_S = 5.0
+ROC_POINTS = 200
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# -- hold-out cache ----------------------------------------------------------------------------------------
+
+
+class HoldOut:
+    """Validation or test events of the first pass, kept in ``.npy`` blocks on disk, read back in batches."""
+
+    def __init__(self, directory: Path, name: str, dim: int, block_rows: int = HOLDOUT_BLOCK_ROWS) -> None:
+        self.directory = directory
+        self.name = name
+        self.dim = dim
+        self.block_rows = block_rows
+        self.blocks: list[tuple[Path, Path]] = []
+        self.events = 0
+        self._x: list[np.ndarray] = []
+        self._y: list[np.ndarray] = []
+        self._buffered = 0
+
+    def append(self, x: np.ndarray, y: np.ndarray) -> None:
+        if len(y) == 0:
+            return
+        self._x.append(x)
+        self._y.append(y)
+        self._buffered += len(y)
+        self.events += len(y)
+        if self._buffered >= self.block_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffered:
+            return
+        index = len(self.blocks)
+        paths = (
+            self.directory / f"{self.name}-{index:05d}-x.npy",
+            self.directory / f"{self.name}-{index:05d}-y.npy",
+        )
+        np.save(paths[0], np.concatenate(self._x))
+        np.save(paths[1], np.concatenate(self._y))
+        self.blocks.append(paths)
+        self._x, self._y, self._buffered = [], [], 0
+
+    def labels(self) -> np.ndarray:
+        self.flush()
+        if not self.blocks:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.load(y_path) for _, y_path in self.blocks])
+
+    def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        self.flush()
+        for x_path, y_path in self.blocks:
+            yield np.load(x_path, mmap_mode="r"), np.load(y_path)
+
+
+# -- the training run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochCounter:
+    """Events that went through the stream in the current epoch (written by the tf.data generator)."""
+
+    read: int = 0
+    trained: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Trainer:
+    """Train ``model`` on ``stream``: real epochs over the whole stream, validation and a final test."""
+
+    def __init__(
+        self,
+        stream: EventStream,
+        model: Any,
+        encoding: TargetEncoding,
+        workdir: Path,
+        class_weights: Mapping[int, float] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.stream = stream
+        self.model = model
+        self.encoding = encoding
+        self.params = stream.wf.params
+        self.class_weights = dict(class_weights) if class_weights else None
+        self.progress = progress or (lambda event: None)
+        self.validation = HoldOut(workdir, "validation", stream.dim)
+        self.test = HoldOut(workdir, "test", stream.dim)
+        self.history: list[dict[str, Any]] = []
+        self.events_read = 0
+        self.failure: Exception | None = None
+
+    # tf.data pipelines -------------------------------------------------------------------------------------
+
+    def _signature(self, weighted: bool) -> tuple[Any, ...]:
+        import tensorflow as tf
+
+        n = self.stream.n_classes
+        target = {
+            "binary": tf.TensorSpec([None, 1], tf.float32),
+            "onehot": tf.TensorSpec([None, n], tf.float32),
+            "sparse": tf.TensorSpec([None], tf.int64),
+        }[self.encoding.mode]
+        spec = (tf.TensorSpec([None, self.stream.dim], tf.float32), target)
+        return (*spec, tf.TensorSpec([None], tf.float32)) if weighted else spec
+
+    def _batched(self, generator: Callable[[], Iterator[Any]], signature: Any) -> Any:
+        """A tf.data pipeline of ``batch_size`` batches from a generator of arrays of any length.
+
+        TensorFlow would turn an exception raised in the generator into its own error type; it is kept in
+        ``self.failure`` instead (the data then simply ends) and re-raised by the caller, so that a
+        ``WorkflowError`` from the stream still reaches the user as one.
+        """
+        import tensorflow as tf
+
+        def guarded() -> Iterator[Any]:
+            try:
+                yield from generator()
+            except Exception as err:
+                self.failure = err
+
+        dataset = tf.data.Dataset.from_generator(guarded, output_signature=signature)
+        return dataset.rebatch(self.params.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _raise_failure(self) -> None:
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            raise failure
+
+    def _weights(self, y: np.ndarray) -> np.ndarray:
+        assert self.class_weights is not None
+        table = np.asarray(
+            [self.class_weights.get(i, 1.0) for i in range(self.stream.n_classes)], dtype=np.float32
+        )
+        return table[y]
+
+    def train_dataset(self, epoch: int, counter: EpochCounter) -> Any:
+        """The training events of one pass; the first pass also fills the validation and test caches."""
+        first_pass = epoch == 0
+        n_classes = self.stream.n_classes
+        weighted = self.class_weights is not None
+
+        def generate() -> Iterator[tuple[np.ndarray, ...]]:
+            for chunk in self.stream.chunks(epoch=epoch):
+                counter.read += len(chunk)
+                if first_pass:
+                    self.validation.append(*chunk.part(VALIDATION))
+                    self.test.append(*chunk.part(TEST))
+                x, y = chunk.part(TRAIN)
+                if len(y) == 0:
+                    continue
+                counter.trained += len(y)
+                target = self.encoding.targets(y, n_classes)
+                yield (x, target, self._weights(y)) if weighted else (x, target)
+            if first_pass:
+                self.validation.flush()
+                self.test.flush()
+
+        return self._batched(generate, self._signature(weighted))
+
+    def holdout_dataset(self, holdout: HoldOut, with_targets: bool = True) -> Any:
+        n_classes = self.stream.n_classes
+        signature = self._signature(weighted=False)
+
+        def generate() -> Iterator[Any]:
+            for x, y in holdout.arrays():
+                yield (np.asarray(x), self.encoding.targets(y, n_classes)) if with_targets else np.asarray(x)
+
+        return self._batched(generate, signature if with_targets else signature[0])
+
+    # the loop ----------------------------------------------------------------------------------------------
+
+    def fit(self) -> list[dict[str, Any]]:
+        epochs = self.params.epochs
+        for epoch in range(epochs):
+            counter = EpochCounter()
+            callback = _progress_callback(self.progress, epoch, epochs, counter)
+            try:
+                with _quiet_end_of_data():
+                    fit = self.model.fit(
+                        self.train_dataset(epoch, counter),
+                        initial_epoch=epoch,
+                        epochs=epoch + 1,
+                        shuffle=False,  # the stream shuffles
+                        verbose=0,
+                        callbacks=[callback],
+                    )
+            except Exception:
+                self._raise_failure()
+                if counter.trained == 0:
+                    self._check_first_pass(counter)
+                raise
+            self._raise_failure()
+            seconds = time.monotonic() - counter.started
+            self.events_read += counter.read
+            if epoch == 0:
+                self._check_first_pass(counter)
+            record: dict[str, Any] = {"epoch": epoch + 1, "epochs": epochs}
+            record |= {k: _number(v[-1]) for k, v in fit.history.items() if v}
+            if self.validation.events:
+                record |= {f"val_{k}": v for k, v in self._evaluate(self.validation).items()}
+            record |= {
+                "events_read": counter.read,
+                "events_trained": counter.trained,
+                "seconds": round(seconds, 3),
+                "events_per_s": round(counter.read / seconds, 1) if seconds > 0 else None,
+                "train_events_per_s": round(counter.trained / seconds, 1) if seconds > 0 else None,
+            }
+            self.history.append(record)
+            self.progress({"stage": "train", **record, "time": now()})
+        return self.history
+
+    def _evaluate(self, holdout: HoldOut) -> dict[str, float | None]:
+        with _quiet_end_of_data():
+            scores = self.model.evaluate(self.holdout_dataset(holdout), verbose=0, return_dict=True)
+        self._raise_failure()
+        return {k: _number(v) for k, v in scores.items()}
+
+    def _check_first_pass(self, counter: EpochCounter) -> None:
+        if counter.trained == 0:
+            raise WorkflowError(
+                f"no event is left for training out of {counter.read} read; "
+                "lower split / validation_split or read more events (nevts)"
+            )
+
+    def evaluate(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Test metrics (loss, accuracy, ROC AUC) on the test part, and the ROC curves to plot."""
+        y = self.test.labels()
+        if len(y) == 0:
+            return {"events": 0}, None
+        scores = self._evaluate(self.test)
+        with _quiet_end_of_data():
+            outputs = self.model.predict(self.holdout_dataset(self.test, with_targets=False), verbose=0)
+        self._raise_failure()
+        probabilities = self.encoding.probabilities(outputs)
+        metrics: dict[str, Any] = {"events": len(y), **scores}
+        metrics["accuracy"] = float(np.mean(np.argmax(probabilities, axis=1) == y))
+        metrics["class_events"] = np.bincount(y, minlength=self.stream.n_classes).tolist()
+        auc, roc = roc_metrics(y, probabilities, self.stream.class_names)
+        metrics |= auc
+        return metrics, roc
+
+
+def roc_metrics(
+    y: np.ndarray, probabilities: np.ndarray, class_names: list[str]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """ROC AUC (binary, or one-vs-rest macro average for more classes) and the curves, with scikit-learn."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    n_classes = probabilities.shape[1]
+    present = np.unique(y)
+    if len(present) < 2:
+        return {"auc": None, "auc_note": "the test part holds a single class"}, None
+    curves: dict[str, Any] = {}
+    per_class: dict[str, float | None] = {}
+    targets = [n_classes - 1] if n_classes == 2 else range(n_classes)
+    for k in targets:
+        positive = y == k
+        if not positive.any() or positive.all():
+            per_class[class_names[k]] = None
+            continue
+        fpr, tpr, _ = roc_curve(positive, probabilities[:, k])
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).astype(int))
+        area = float(roc_auc_score(positive, probabilities[:, k]))
+        per_class[class_names[k]] = area
+        curves[class_names[k]] = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "auc": area}
+    if n_classes == 2:
+        return {"auc": per_class[class_names[1]]}, curves
+    try:
+        macro = float(
+            roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+        )
+    except ValueError:
+        macro = None  # a class is missing from the test part
+    return {"auc": macro, "auc_per_class": per_class}, curves
+
+
+@contextlib.contextmanager
+def _quiet_end_of_data() -> Iterator[None]:
+    """Keras warns whenever a stream of unknown length ends, which is how every epoch here ends."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
+
+
+def _progress_callback(progress: Progress, epoch: int, epochs: int, counter: EpochCounter) -> Any:
+    """A Keras callback reporting progress inside an epoch, at most every few seconds."""
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        last = time.monotonic()
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            moment = time.monotonic()
+            if moment - self.last < PROGRESS_INTERVAL_S:
+                return
+            self.last = moment
+            seconds = moment - counter.started
+            progress(
+                {
+                    "stage": "train",
+                    "epoch": epoch + 1,
+                    "epochs": epochs,
+                    "partial": True,
+                    "events_read": counter.read,
+                    "events_per_s": round(counter.read / seconds, 1),
+                    "loss": _number((logs or {}).get("loss")),
+                    "time": now(),
+                }
+            )
+
+    return EpochProgress()
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# -- entry points ------------------------------------------------------------------------------------------
+
+
+def configure_reproducibility(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and ask TensorFlow for deterministic kernels."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    with contextlib.suppress(AttributeError, RuntimeError):
+        tf.config.experimental.enable_op_determinism()
+
+
+def training_device() -> str:
+    """The device Keras places the model on: the first visible GPU, else the CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else "/device:CPU:0"
+
+
+def refuse_nonfinite(spec: FeatureSpec) -> None:
+    """NaN or infinite raw values would silently become ``nan_value``; a model trained on them is suspect."""
+    bad = spec.nonfinite_branches()
+    if bad:
+        listed = ", ".join(f"{name} ({count})" for name, count in sorted(bad.items()))
+        raise WorkflowError(
+            f"branch(es) with NaN or infinite values: {listed}; exclude them "
+            "(exclude_branches) or cut those events (preproc.json)"
+        )
+
+
+def run_training(
+    *,
+    files: str | Path,
+    labels: str | Path,
+    model: str | Path,
+    params: str | Path | Mapping[str, Any],
+    preproc: str | Path | Mapping[str, Any] | None = None,
+    specs: str | Path | None = None,
+    fout: str | Path,
+    publish: str | Path | None = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on the workflow and write the bundle to ``fout`` (and publish it when asked).
+
+    Returns ``{"bundle", "published", "name", "version", "metrics"}`` with the test metrics.
+    """
+    report = progress or (lambda event: None)
+    started = time.monotonic()
+    fout = Path(fout).absolute()
+    check_output_directory(fout)
+    model_name = check_name(name or fout.name)
+    repository = Path(publish).absolute() if publish else None
+    if repository is not None and repository.exists() and not repository.is_dir():
+        raise WorkflowError(f"model repository {str(repository)!r} is not a directory")
+
+    wf = load_workflow(files, labels, params, preproc, specs)
+    report({"stage": "specs", "files": len(wf.files), "time": now()})
+    spec = load_or_compute_specs(wf)
+    refuse_nonfinite(spec)
+    stream = EventStream(wf, spec)
+    report(
+        {
+            "stage": "specs",
+            "events": stream.total_events,
+            "features": spec.dim,
+            "classes": stream.class_names,
+            "time": now(),
+        }
+    )
+
+    configure_reproducibility(wf.params.seed)
+    device = training_device()
+    keras_model, encoding = load_model(model, spec.dim, stream.n_classes)
+    class_weights = stream.class_weights() if wf.params.class_weight == "balanced" else None
+    log.info("training %d parameters on %s", keras_model.count_params(), device)
+    report(
+        {
+            "stage": "train",
+            "epoch": 0,
+            "epochs": wf.params.epochs,
+            "device": device,
+            "parameters": keras_model.count_params(),
+            "time": now(),
+        }
+    )
+
+    fout.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".mlaas4hep-holdout-", dir=fout.parent))
+    try:
+        trainer = Trainer(stream, keras_model, encoding, workdir, class_weights, report)
+        history = trainer.fit()
+        report({"stage": "evaluate", "events": trainer.test.events, "time": now()})
+        test, roc = trainer.evaluate()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    metrics = _metrics_document(
+        wf, spec, stream, trainer, test, device, keras_model, class_weights, time.monotonic() - started
+    )
+    bundle = write_bundle(
+        fout,
+        model=keras_model,
+        name=model_name,
+        features=spec.to_dict(),
+        class_names=stream.class_names,
+        metrics=metrics,
+        history=history,
+        roc=roc,
+    )
+    published, version = None, None
+    if repository is not None:
+        report({"stage": "publish", "repository": str(repository), "name": model_name, "time": now()})
+        published_path, version = publish_bundle(bundle, repository, model_name)
+        published = str(published_path)
+    result = {
+        "bundle": str(bundle),
+        "published": published,
+        "name": model_name,
+        "version": version,
+        "metrics": test,
+    }
+    report({"stage": "done", **result, "time": now()})
+    return result
+
+
+def _metrics_document(
+    wf: Workflow,
+    spec: FeatureSpec,
+    stream: EventStream,
+    trainer: Trainer,
+    test: dict[str, Any],
+    device: str,
+    model: Any,
+    class_weights: dict[int, float] | None,
+    seconds: float,
+) -> dict[str, Any]:
+    last = trainer.history[-1] if trainer.history else {}
+    return {
+        "test": test,
+        "validation": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
+        "history": trainer.history,
+        "classes": stream.class_names,
+        "events": {
+            "total": stream.total_events,
+            "validation": trainer.validation.events,
+            "test": trainer.test.events,
+            "train": trainer.history[0]["events_trained"] if trainer.history else 0,
+            "read": trainer.events_read,
+        },
+        "features": spec.dim,
+        "parameters": model.count_params(),
+        "device": device,
+        "seed": wf.params.seed,
+        "epochs": wf.params.epochs,
+        "batch_size": wf.params.batch_size,
+        "class_weight": class_weights,
+        "seconds": round(seconds, 3),
+        "finished": now(),
+    }
+
+
+def train_from_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """``mlaas4hep train``: train, print progress unless quiet, and append progress JSON lines to a file.
+
+    SIGTERM (a cancelled job) is turned into KeyboardInterrupt so that temporary directories are removed.
+    """
+    progress_path = Path(args.progress_file) if getattr(args, "progress_file", None) else None
+    quiet = bool(getattr(args, "quiet", False))
+    lock = threading.Lock()
+    progress_file = progress_path.open("a", buffering=1) if progress_path else None
+
+    def report(event: dict[str, Any]) -> None:
+        with lock:
+            if progress_file is not None:
+                progress_file.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+            if not quiet:
+                print(describe_progress(event), file=sys.stderr, flush=True)
+
+    previous = _terminate_as_interrupt()
+    try:
+        return run_training(
+            files=args.files,
+            labels=args.labels,
+            model=args.model,
+            params=args.params,
+            preproc=args.preproc,
+            specs=args.specs,
+            fout=args.fout,
+            publish=args.publish,
+            name=args.name,
+            progress=report,
+        )
+    except WorkflowError as err:
+        report({"stage": "failed", "error": str(err), "time": now()})
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if progress_file is not None:
+            progress_file.close()
+
+
+def _terminate_as_interrupt() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def describe_progress(event: Mapping[str, Any]) -> str:
+    """One human line per progress event, for the terminal."""
+    stage = event.get("stage")
+    if stage == "train" and event.get("epoch", 0) == 0:
+        return f"training {event.get('parameters')} parameters on {event.get('device')}"
+    if stage == "train":
+        parts = [f"epoch {event['epoch']}/{event['epochs']}"]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if event.get(key) is not None:
+                parts.append(f"{key} {event[key]:.4f}")
+        if event.get("events_per_s"):
+            parts.append(f"{event['events_per_s']:.0f} events/s")
+        return ("  " if event.get("partial") else "") + ", ".join(parts)
+    if stage == "specs":
+        if "events" in event:
+            return (
+                f"specs: {event['events']} events, {event['features']} features, classes {event['classes']}"
+            )
+        return f"specs: reading {event['files']} file(s)"
+    if stage == "evaluate":
+        return f"evaluating on {event['events']} test events"
+    if stage == "publish":
+        return f"publishing {event['name']} into {event['repository']}"
+    if stage == "done":
+        test = event.get("metrics") or {}
+        return (
+            f"done: {event['bundle']} (test loss {test.get('loss')}, accuracy {test.get('accuracy')}, "
+            f"AUC {test.get('auc')})"
+        )
+    return json.dumps(dict(event), default=str)
