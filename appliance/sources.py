@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ class Source:
 
 def open_tree(url: str, tree: str) -> Any:
     """Open ``url`` and return its TTree ``tree`` (which may be ``dir/tree``)."""
+    local = Path(url)
+    if local.is_file():
+        with local.open("rb") as f:
+            if f.read(4) != b"root":
+                raise WorkflowError(f"{url!r} is not a ROOT file")
     try:
         handle = uproot.open(url, timeout=OPEN_TIMEOUT_S)
     except FileNotFoundError:

@@ -28,6 +28,9 @@ from appliance.workflow import Workflow, load_workflow
 log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
+# uproot pays a fixed cost per read step and branch, so small chunks are read in blocks of at least this many
+# events and then cut to the chunk size; memory stays bounded by max(chunk size, this).
+MIN_READ_EVENTS = 20_000
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -113,11 +116,12 @@ class EventStream:
         params = self.wf.params
         total = sum(f["read"] for f in self.files)
         chunk_size = params.chunk_size if params.chunk_size > 0 else total
+        block_size = max(chunk_size, MIN_READ_EVENTS)
         readers = []
         for index, entry in enumerate(self.files):
             if entry["read"] <= 0:
                 continue
-            step = max(1, round(chunk_size * entry["read"] / total))
+            step = max(1, round(block_size * entry["read"] / total))
             tree = open_tree(entry["url"], self.wf.tree)
             readers.append(
                 (index, entry["url"], iterate(tree, self.read_branches, step, 0, entry["read"], entry["url"]))
@@ -135,13 +139,13 @@ class EventStream:
                 parts.append(self._convert(index, url, start, arrays))
             if not parts:
                 break
-            chunk = Chunk(*(np.concatenate(p) for p in zip(*parts, strict=True)))
-            if len(chunk) == 0:
-                continue
+            block = Chunk(*(np.concatenate(p) for p in zip(*parts, strict=True)))
             if params.shuffle:
-                order = rng.permutation(len(chunk))
-                chunk = Chunk(chunk.x[order], chunk.y[order], chunk.split[order])
-            yield chunk
+                order = rng.permutation(len(block))
+                block = Chunk(block.x[order], block.y[order], block.split[order])
+            for start in range(0, len(block), chunk_size):
+                end = start + chunk_size
+                yield Chunk(block.x[start:end], block.y[start:end], block.split[start:end])
 
     def _convert(
         self, index: int, url: str, start: int, arrays: dict[str, Any]
