@@ -116,17 +116,25 @@ class FeatureSpec:
         """Turn raw branch arrays (one entry per event) into the float32 model input ``[n_events, dim]``."""
         columns = self.add_new_branches(arrays)
         n_events = _n_events(columns, self.branches)
-        out = np.empty((n_events, self.dim), dtype=np.float32)
+        out = np.full((n_events, self.dim), self.nan_value, dtype=np.float32)
         for j, stats in enumerate(self.flat):
-            out[:, j] = self._normalise(
-                stats, _flat_values(_lookup(columns, stats.name), stats.name, n_events)
-            )
+            values = _flat_values(_lookup(columns, stats.name), stats.name, n_events)
+            out[:, j] = self._normalise(stats, values)
         position = len(self.flat)
         mask_position = position + sum(b.length for b in self.jagged)
+        if self.mask:
+            out[:, mask_position:] = 0.0
+        # Scatter into the flattened matrix: element k of an event's list goes to row * dim + column + k.
+        flat_out = out.reshape(-1)
+        slots = _SlotCache(n_events, self.dim)
         for stats in self.jagged:
-            block = out[:, position : position + stats.length]
-            mask = out[:, mask_position : mask_position + stats.length] if self.mask else None
-            self._pad(stats, _lookup(columns, stats.name), n_events, block, mask)
+            offsets, content = _jagged_parts(_lookup(columns, stats.name), stats.name, n_events)
+            destination, keep = slots.get(offsets, stats.length)
+            if destination.size:
+                values = content if keep is None else content[keep]
+                flat_out[destination + position] = self._normalise(stats, values)
+                if self.mask:
+                    flat_out[destination + mask_position] = 1.0
             position += stats.length
             mask_position += stats.length
         return out
@@ -135,36 +143,10 @@ class FeatureSpec:
         offset, factor = stats.scale(self.normalisation)
         with np.errstate(all="ignore"):
             result = (values - offset) * factor
-        result[~np.isfinite(result)] = self.nan_value
+        finite = np.isfinite(result)
+        if not finite.all():
+            result[~finite] = self.nan_value
         return result
-
-    def _pad(
-        self, stats: BranchStats, array: Any, n_events: int, block: np.ndarray, mask: np.ndarray | None
-    ) -> None:
-        """Pad or truncate each event's list into ``block`` with offsets arithmetic: no per-event Python."""
-        try:
-            array = array if isinstance(array, ak.Array) else ak.Array(array)
-            counts = np.asarray(ak.num(array, axis=1), dtype=np.int64)
-            content = np.asarray(ak.to_numpy(ak.flatten(array, axis=1)), dtype=np.float64)
-        except (ValueError, TypeError, ak.errors.AxisError) as err:
-            raise WorkflowError(
-                f"branch {stats.name!r} must hold a list of numbers per event ({err})"
-            ) from None
-        if len(counts) != n_events:
-            raise WorkflowError(f"branch {stats.name!r} has {len(counts)} events, expected {n_events}")
-        block[:] = self.nan_value
-        if mask is not None:
-            mask[:] = 0.0
-        if content.size == 0 or stats.length == 0:
-            return
-        starts = np.cumsum(counts) - counts
-        slot = np.arange(content.size, dtype=np.int64) - np.repeat(starts, counts)
-        keep = slot < stats.length
-        rows = np.repeat(np.arange(n_events, dtype=np.int64), counts)[keep]
-        slot = slot[keep]
-        block[rows, slot] = self._normalise(stats, content[keep])
-        if mask is not None:
-            mask[rows, slot] = 1.0
 
     # -- serialisation --
 
@@ -217,6 +199,57 @@ def _n_events(columns: Mapping[str, Any], branches: list[BranchStats]) -> int:
         if stats.name in columns:
             return len(columns[stats.name])
     return 0
+
+
+class _SlotCache:
+    """Destination indices per list-offsets pattern. Branches of one collection (``Jet_pt``, ``Jet_eta``...)
+    share their offsets, so the index arithmetic is done once per collection and chunk."""
+
+    def __init__(self, n_events: int, dim: int) -> None:
+        self.n_events = n_events
+        self.dim = dim
+        self.entries: list[tuple[np.ndarray, int, np.ndarray, np.ndarray | None]] = []
+
+    def get(self, offsets: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray | None]:
+        for known, known_length, destination, keep in self.entries:
+            if known_length == length and np.array_equal(known, offsets):
+                return destination, keep
+        counts = np.diff(offsets)
+        slot = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], counts)
+        rows = np.repeat(np.arange(self.n_events, dtype=np.int64) * self.dim, counts)
+        keep = None
+        if counts.size and counts.max() > length:
+            keep = slot < length
+            rows, slot = rows[keep], slot[keep]
+        destination = rows + slot
+        self.entries.append((offsets, length, destination, keep))
+        return destination, keep
+
+
+def _jagged_parts(array: Any, name: str, n_events: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, flat content) of a list-per-event array, without copies for uproot's arrays."""
+    try:
+        array = array if isinstance(array, ak.Array) else ak.Array(array)
+        layout = array.layout
+        if (
+            isinstance(layout, ak.contents.ListOffsetArray)
+            and isinstance(layout.content, ak.contents.NumpyArray)
+            and layout.content.data.ndim == 1
+        ):
+            offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+            content = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
+            offsets = offsets - offsets[0]
+        else:
+            counts = np.asarray(ak.num(array, axis=1), dtype=np.int64)
+            content = np.asarray(ak.to_numpy(ak.flatten(array, axis=1)), dtype=np.float64)
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+    except (ValueError, TypeError, ak.errors.AxisError) as err:
+        raise WorkflowError(f"branch {name!r} must hold a list of numbers per event ({err})") from None
+    if content.dtype.kind not in "biuf":
+        raise WorkflowError(f"branch {name!r} must hold a list of numbers per event")
+    if len(offsets) - 1 != n_events:
+        raise WorkflowError(f"branch {name!r} has {len(offsets) - 1} events, expected {n_events}")
+    return offsets, content
 
 
 def _flat_values(array: Any, name: str, n_events: int) -> np.ndarray:

@@ -86,6 +86,12 @@ class EventStream:
         self.read_branches: list[str] = spec.dataset["read_branches"]
         self.class_names: list[str] = spec.dataset["class_names"]
         self._class_values = np.asarray(spec.dataset.get("class_values") or [], dtype=np.float64)
+        self._trees: dict[str, Any] = {}  # opened once: reading a TTree's metadata costs ~50 ms per file
+
+    def _tree(self, url: str) -> Any:
+        if url not in self._trees:
+            self._trees[url] = open_tree(url, self.wf.tree)
+        return self._trees[url]
 
     @property
     def dim(self) -> int:
@@ -122,7 +128,7 @@ class EventStream:
             if entry["read"] <= 0:
                 continue
             step = max(1, round(block_size * entry["read"] / total))
-            tree = open_tree(entry["url"], self.wf.tree)
+            tree = self._tree(entry["url"])
             readers.append(
                 (index, entry["url"], iterate(tree, self.read_branches, step, 0, entry["read"], entry["url"]))
             )
@@ -262,7 +268,7 @@ def _compressed_bytes(wf: Workflow, stream: EventStream) -> float:
     """Compressed bytes pass 2 reads: each read branch's size, scaled to the entries read."""
     total = 0.0
     for entry in stream.files:
-        tree = open_tree(entry["url"], wf.tree)
+        tree = stream._tree(entry["url"])
         size = sum(tree[name].compressed_bytes for name in stream.read_branches)
         total += size * entry["read"] / max(entry["entries"], 1)
     return total
