@@ -25,6 +25,6 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; th
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r requirements.txt -r requirements-dev.txt
-  "$VENV/bin/pip" install -q --no-deps -e .
+  "$VENV/bin/pip" install -q --no-deps -e . >/dev/null 2>&1
   echo "$want" > "$stamp"
 fi
