@@ -1,0 +1,1 @@
+"""TFaaS: TensorFlow as a Service in pure Python (Flask on gunicorn), compatible with the Go original."""

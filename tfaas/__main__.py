@@ -1,0 +1,114 @@
+"""``python -m tfaas --model-dir DIR --port N [--config FILE]``: serve the model repository under gunicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from appliance.errors import WorkflowError
+from tfaas.settings import MULTIPROC_ENV, Settings
+
+# One BLAS/OpenMP thread per worker: gunicorn's worker processes are the parallelism, and idle BLAS threads
+# spinning beside the request threads cost more than they give on small models.
+THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class TfaasServer(BaseApplication):
+    """gunicorn with the gthread worker, configured from :class:`Settings`; each worker builds its own app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": s.workers,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "timeout": s.timeout_s,
+            "graceful_timeout": 10,
+            "keepalive": 5,
+            "loglevel": s.log_level,
+            "proc_name": "tfaas",
+            "child_exit": _child_exit,
+            # The default control socket is one path per user: a second server would take it over.
+            "control_socket_disable": True,
+        }
+        if s.tls_cert:
+            options["certfile"], options["keyfile"] = s.tls_cert, s.tls_key
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from tfaas.api import create_app
+
+        return create_app(self.settings)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tfaas", description=__doc__)
+    parser.add_argument("--model-dir", type=Path, help="the model repository (config: modelDir / model_dir)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8083)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--config", type=Path, help="JSON config; the original server's keys are accepted")
+    parser.add_argument("--workers", type=int, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, help="threads per worker")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.load(
+            args.config,
+            model_dir=args.model_dir,
+            port=args.port,
+            host=args.host,
+            workers=args.workers,
+            threads=args.threads,
+        )
+        settings.model_dir.mkdir(parents=True, exist_ok=True)
+    except (WorkflowError, OSError) as err:
+        print(f"tfaas: {err}", file=sys.stderr)
+        return 2
+    for key, value in THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    own_metrics_dir = settings.metrics_dir is None
+    metrics_dir = Path(tempfile.mkdtemp(prefix="tfaas-metrics-")) if own_metrics_dir else settings.metrics_dir
+    if not own_metrics_dir:
+        # Values of a previous run's dead workers must not be added to this run's.
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    try:
+        TfaasServer(settings).run()
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The model repository on disk: ``<name>/<version>/`` bundles and original-style ``<name>/`` bundles.
+
+A scan is cheap (a few ``stat`` calls per version; ``params.json`` is re-read only when a bundle's fingerprint
+changes), so every worker rescans on a short interval and so sees new, changed and deleted models without a
+restart. Writes never leave a half-written model: uploads are staged in ``.incoming/`` on the same file system
+and published by :func:`appliance.bundle.publish` with one rename; deletions rename the model away first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.bundle import HIGH_WATER, INCOMING, check_name, next_version, publish
+from appliance.errors import WorkflowError
+
+log = logging.getLogger(__name__)
+
+SAVED_MODEL = "saved_model.pb"
+FINGERPRINT_FILES = (SAVED_MODEL, "params.json", "labels.txt", "variables/variables.index")
+
+
+class ModelNotFoundError(WorkflowError):
+    """An unknown model or version: answered with HTTP 404."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    name: str
+    version: int
+    path: Path
+    params: dict[str, Any] = field(hash=False)
+    labels: tuple[str, ...]
+    fingerprint: tuple[Any, ...]
+
+    def describe(self) -> dict[str, Any]:
+        """The bundle's ``params.json`` as clients see it, with its name and version filled in."""
+        return {**self.params, "name": self.name, "version": self.version}
+
+
+Snapshot = dict[str, dict[int, Bundle]]
+
+
+class ModelRepository:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._known: dict[Path, Bundle] = {}
+
+    def scan(self) -> Snapshot:
+        """Every servable bundle now on disk, by name and version; broken bundles are skipped and logged."""
+        snapshot: Snapshot = {}
+        known: dict[Path, Bundle] = {}
+        for model_dir in self._model_dirs():
+            versions = self._version_dirs(model_dir)
+            for version, path in versions.items():
+                fingerprint = _fingerprint(path)
+                if fingerprint is None:
+                    continue
+                bundle = self._known.get(path)
+                if bundle is None or bundle.fingerprint != fingerprint:
+                    try:
+                        bundle = read_bundle(model_dir.name, version, path, fingerprint)
+                    except WorkflowError as err:
+                        log.warning("skipping %s: %s", path, err)
+                        continue
+                known[path] = bundle
+                snapshot.setdefault(model_dir.name, {})[version] = bundle
+        self._known = known
+        return snapshot
+
+    def _model_dirs(self) -> Iterator[Path]:
+        with contextlib.suppress(FileNotFoundError):
+            for entry in sorted(self.root.iterdir()):
+                if entry.name.startswith(".") or not entry.is_dir():
+                    continue
+                try:
+                    check_name(entry.name)
+                except WorkflowError:
+                    continue
+                yield entry
+
+    @staticmethod
+    def _version_dirs(model_dir: Path) -> dict[int, Path]:
+        versions: dict[int, Path] = {}
+        if (model_dir / SAVED_MODEL).is_file():
+            versions[1] = model_dir  # an original-style bundle is version 1
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in model_dir.iterdir():
+                if entry.name.isdigit() and int(entry.name) > 0 and (entry / SAVED_MODEL).is_file():
+                    versions[int(entry.name)] = entry
+        return versions
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh directory on the repository's file system, removed when the block ends."""
+        incoming = self.root / INCOMING
+        incoming.mkdir(exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="upload-", dir=incoming))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, bundle_dir: Path, name: str) -> tuple[Path, int]:
+        """Publish a complete, checked bundle as the next version of ``name``."""
+        return publish(bundle_dir, self.root, check_name(name))
+
+    def delete(self, name: str, version: int | None = None) -> list[int]:
+        """Remove a model (every version) or one version; version numbers are never handed out again."""
+        check_name(name)
+        model_dir = self.root / name
+        existing = self._version_dirs(model_dir)
+        doomed = sorted(existing) if version is None else [version]
+        if not existing or any(v not in existing for v in doomed):
+            what = f"model {name!r}" if version is None else f"version {version} of model {name!r}"
+            raise ModelNotFoundError(f"{what} does not exist")
+        _keep_high_water(model_dir, max(existing))
+        trash = Path(tempfile.mkdtemp(prefix="deleted-", dir=self._incoming()))
+        try:
+            for v in doomed:
+                path = existing[v]
+                if path == model_dir:  # original-style: its files live beside the version folders
+                    (model_dir / SAVED_MODEL).rename(trash / SAVED_MODEL)  # stops serving at once
+                    for entry in model_dir.iterdir():
+                        if not entry.name.isdigit() and entry.name != HIGH_WATER:
+                            entry.rename(trash / entry.name)
+                else:
+                    path.rename(trash / str(v))
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+        return doomed
+
+    def _incoming(self) -> Path:
+        incoming = self.root / INCOMING
+        incoming.mkdir(exist_ok=True)
+        return incoming
+
+
+def read_bundle(name: str, version: int, path: Path, fingerprint: tuple[Any, ...] | None = None) -> Bundle:
+    params_file = path / "params.json"
+    params: dict[str, Any] = {}
+    if params_file.is_file():
+        try:
+            params = json.loads(params_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise WorkflowError(f"params.json of {name!r} is not valid JSON: {err}") from None
+        if not isinstance(params, dict):
+            raise WorkflowError(f"params.json of {name!r} must hold a JSON object")
+    labels_file = path / str(params.get("labels") or "labels.txt")
+    labels: tuple[str, ...] = ()
+    if labels_file.is_file() and labels_file.resolve().is_relative_to(path.resolve()):
+        lines = labels_file.read_text(errors="replace").splitlines()
+        labels = tuple(line.strip() for line in lines if line.strip())
+    return Bundle(name, version, path, params, labels, fingerprint or _fingerprint(path) or ())
+
+
+def _fingerprint(path: Path) -> tuple[Any, ...] | None:
+    """Identity and timestamps of the files that make a bundle; None if it vanished meanwhile."""
+    parts: list[Any] = []
+    for relative in FINGERPRINT_FILES:
+        try:
+            st = (path / relative).stat()
+        except FileNotFoundError:
+            if relative == SAVED_MODEL:
+                return None
+            parts.append(None)
+            continue
+        parts.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(parts)
+
+
+def _keep_high_water(model_dir: Path, version: int) -> None:
+    """Record the highest version before deleting, so the next publish does not reuse a deleted number."""
+    current = next_version(model_dir) - 1
+    if current >= version and (model_dir / HIGH_WATER).exists():
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f"{HIGH_WATER}.", dir=model_dir)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{max(current, version)}\n")
+    Path(tmp).replace(model_dir / HIGH_WATER)
