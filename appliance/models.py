@@ -140,6 +140,21 @@ def load_model(path: str | Path, idim: int, n_classes: int) -> tuple[keras.Model
     return model, check_model(model, idim, n_classes, source=str(path))
 
 
+def preflight_model(path: str | Path) -> None:
+    """Catch what can be caught before pass 1 (which may take long): a missing file, a JSON model that does
+    not build, a Python file that does not parse. The full checks need the input dimension."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkflowError(f"model file {str(path)!r} does not exist")
+    if path.suffix == ".json":
+        build_json_model(_read_json_model(path), 1, 2, source=str(path))
+        return
+    try:
+        compile(path.read_bytes(), str(path), "exec")
+    except (SyntaxError, ValueError) as err:
+        raise WorkflowError(f"model file {str(path)!r} failed to load: {_describe(err)}") from None
+
+
 def _call_python_model(path: Path, idim: int) -> keras.Model:
     module_name = f"mlaas4hep_user_model_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(module_name, path)

@@ -35,7 +35,7 @@ from appliance.bundle import check_name, check_output_directory, write_bundle
 from appliance.bundle import publish as publish_bundle
 from appliance.errors import WorkflowError
 from appliance.features import FeatureSpec
-from appliance.models import TargetEncoding, load_model
+from appliance.models import TargetEncoding, load_model, preflight_model
 from appliance.specs import load_or_compute_specs
 from appliance.streaming import TEST, TRAIN, VALIDATION, EventStream
 from appliance.workflow import Workflow, load_workflow
@@ -430,6 +430,7 @@ def run_training(
         raise WorkflowError(f"model repository {str(repository)!r} is not a directory")
 
     wf = load_workflow(files, labels, params, preproc, specs)
+    preflight_model(model)
     report({"stage": "specs", "files": len(wf.files), "time": now()})
     spec = load_or_compute_specs(wf)
     refuse_nonfinite(spec)

@@ -233,8 +233,11 @@ def test_a_single_class_is_refused(tmp_path, sample_files):
 def test_bad_model_is_refused_before_anything_is_written(tmp_path, sample_files):
     workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0],
                               model={"layers": [{"type": "Transformer", "units": 3}]})
+    events: list[dict] = []
     with pytest.raises(WorkflowError, match="unknown layer type 'Transformer'"):
-        train(workflow, tmp_path / "out", publish=tmp_path / "models")
+        run_training(**workflow.kwargs(fout=tmp_path / "out", publish=tmp_path / "models"),
+                     progress=events.append)
+    assert events == []  # refused before pass 1 reads any data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wf"]
 
 
