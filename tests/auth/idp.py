@@ -12,12 +12,15 @@ import base64
 import contextlib
 import json
 import secrets
+import ssl
+import subprocess
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -80,24 +83,31 @@ class DeviceGrant:
 class IdentityProvider:
     """Start with ``with IdentityProvider.running() as idp:``; ``idp.issuer`` is its URL."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: a certificate and key file; the issuer is then https://."""
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.idp = self  # type: ignore[attr-defined]
-        self.issuer = f"http://{host}:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.issuer = f"{scheme}://{host}:{self._server.server_address[1]}"
         self.keys: list[SigningKey] = [SigningKey.generate()]
         self.clients: dict[str, Client] = {}
         self.device_grants: dict[str, DeviceGrant] = {}
         self.refresh_tokens: dict[str, tuple[str, User, str, str | None]] = {}
         self.token_lifetime_s = 3600
-        self.requests: list[str] = []  # paths served, to see who fetched what
+        self.requests: list[str] = []  # "METHOD /path" of each request served, to see who fetched what
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls) -> Iterator[IdentityProvider]:
-        idp = cls()
+    def running(cls, tls: tuple[Path, Path] | None = None) -> Iterator[IdentityProvider]:
+        idp = cls(tls=tls)
         idp._thread.start()
         try:
             yield idp
@@ -301,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        self.idp.requests.append(path)
+        self.idp.requests.append(f"GET {path}")
         if path == "/.well-known/openid-configuration":
             self._reply(200, self.idp.discovery())
         elif path == "/jwk":
@@ -313,7 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        self.idp.requests.append(path)
+        self.idp.requests.append(f"PUT {path}")
         if path.startswith("/iam/api/client-registration/"):
             self._reply(*self.idp.registration("PUT", path.rsplit("/", 1)[1], self._bearer(), self._body()))
         else:
@@ -321,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        self.idp.requests.append(path)
+        self.idp.requests.append(f"POST {path}")
         form = dict(urllib.parse.parse_qsl(self._body().decode()))
         if path == "/token":
             self._reply(*self.idp.token(form, self._basic()))
@@ -336,3 +346,15 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         user, _, password = base64.b64decode(value).decode().partition(":")
         return urllib.parse.unquote(user), urllib.parse.unquote(password)
+
+
+def self_signed_pair(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate for ``host`` (also its own CA file) and its key, made with openssl."""
+    cert, key = folder / "idp.crt", folder / "idp.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={host}",
+         "-addext", f"subjectAltName=IP:{host},DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

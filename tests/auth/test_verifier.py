@@ -207,8 +207,8 @@ def test_keys_are_cached(idp, alice) -> None:
     idp.requests.clear()
     for _ in range(5):
         assert call(app, idp.mint(alice, AUDIENCE)).status_code == 200
-    assert idp.requests.count("/jwk") == 1
-    assert idp.requests.count("/.well-known/openid-configuration") == 1
+    assert idp.requests.count("GET /jwk") == 1
+    assert idp.requests.count("GET /.well-known/openid-configuration") == 1
 
 
 def test_unknown_kids_do_not_hammer_the_issuer(idp, alice) -> None:
@@ -217,7 +217,7 @@ def test_unknown_kids_do_not_hammer_the_issuer(idp, alice) -> None:
     idp.requests.clear()
     for _ in range(5):
         assert call(app, idp.mint(alice, AUDIENCE, key=SigningKey.generate())).status_code == 401
-    assert idp.requests.count("/jwk") <= 1
+    assert idp.requests.count("GET /jwk") <= 1
 
 
 def test_an_unreachable_issuer_is_503_json_not_500(alice) -> None:
