@@ -17,7 +17,6 @@ JSON model (``examples/model.json``)::
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -34,10 +33,6 @@ from appliance.errors import WorkflowError
 
 # Set before TensorFlow loads: the job worker's logs should not fill with its start-up chatter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# The XRootD client bindings crash the process (SIGSEGV) when loaded after TensorFlow, which is what
-# happens when uproot first opens a root:// file in a training run. Loaded first, both work.
-with contextlib.suppress(ImportError):
-    import XRootD.client  # noqa: F401
 import keras
 
 ACTIVATIONS = (
