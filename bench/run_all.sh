@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every benchmark on a quiet machine and assembles bench/RESULTS.md from the parts in bench/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${MLAAS4HEP_VENV:-.venv}/bin/python
+for bench in streaming_bench training_bench tfaas_bench; do
+  [[ -f bench/$bench.py ]] && "$PY" bench/$bench.py
+done
+{
+  echo "# Benchmark results"
+  echo
+  echo "Each figure is a ratio against a baseline measured in the same run, on the machine named in its section."
+  echo "Regenerate with \`bash bench/run_all.sh\` (provisioning times come from the Molecule scenario)."
+  for part in streaming training tfaas provisioning; do
+    [[ -f bench/results/$part.md ]] && { echo; cat "bench/results/$part.md"; }
+  done
+} > bench/RESULTS.md
+echo "wrote bench/RESULTS.md"
