@@ -64,6 +64,7 @@ class Client:
     client_id: str
     secret: str
     user: User  # the identity tokens of the client-credentials grant carry (a service account)
+    public: bool = False  # a public client (device flow on a laptop) has no usable secret
     registration_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     redirect_uris: list[str] = field(default_factory=list)
 
@@ -128,8 +129,8 @@ class IdentityProvider:
             self.keys = [new, *self.keys] if keep_old else [new]
         return new
 
-    def add_client(self, client_id: str, secret: str, user: User) -> Client:
-        client = Client(client_id=client_id, secret=secret, user=user)
+    def add_client(self, client_id: str, secret: str, user: User, public: bool = False) -> Client:
+        client = Client(client_id=client_id, secret=secret, user=user, public=public)
         self.clients[client_id] = client
         return client
 
@@ -197,13 +198,13 @@ class IdentityProvider:
         client_id, secret = basic or (form.get("client_id", ""), form.get("client_secret", ""))
         client = self.clients.get(client_id)
         grant_type = form.get("grant_type")
-        if grant_type == DEVICE_GRANT:
-            # A public client may poll without a secret, as IAM allows for device-code clients.
-            if client is None or (secret and secret != client.secret):
-                return 401, {"error": "invalid_client"}
-            return self._device_token(client, form.get("device_code", ""))
-        if client is None or not secrets.compare_digest(secret, client.secret):
+        public_ok = client is not None and client.public and not secret
+        if client is None or not (public_ok or secrets.compare_digest(secret, client.secret)):
             return 401, {"error": "invalid_client"}
+        if grant_type == DEVICE_GRANT:
+            return self._device_token(client, form.get("device_code", ""))
+        if public_ok and grant_type != "refresh_token":
+            return 401, {"error": "invalid_client", "error_description": "a public client cannot do that"}
         if grant_type == "client_credentials":
             return 200, self._issue(
                 client, client.user, form.get("scope", ""), form.get("audience"), refresh=False
