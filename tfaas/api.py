@@ -141,8 +141,10 @@ def _raw_matrix(model: LoadedModel, columns: Mapping[str, Any], max_rows: int) -
     missing = [b for b in spec.input_branches if b not in columns]
     if missing:
         raise WorkflowError(f"raw values lack the branches {missing} (the model needs {spec.input_branches})")
+    import awkward as ak
+
     for branch in spec.input_branches:
-        if not isinstance(columns[branch], list | np.ndarray):
+        if not isinstance(columns[branch], list | np.ndarray | ak.Array):
             raise WorkflowError(f"raw branch {branch!r} must be a list with one entry per event")
     lengths = {len(columns[b]) for b in spec.input_branches}
     if lengths == {0}:
@@ -633,6 +635,9 @@ def _install_errors(app: Flask, metrics: Metrics) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:
+        if err.code == 413:
+            limit = request.max_content_length
+            return error(413, f"the request body is too large (the limit is {limit} bytes)")
         return error(err.code or 400, err.description or err.name)
 
     @app.errorhandler(Exception)
