@@ -1,0 +1,225 @@
+"""The one settings object of the MLaaS4HEP server (API and job workers), and where it is read from.
+
+Precedence, lowest first: the defaults below, a JSON or YAML file (``--config`` or ``$MLAAS4HEP_CONFIG``),
+``MLAAS4HEP_<NAME>`` environment variables (``MLAAS4HEP_PORT=8080``; the mappings ``auth`` and ``job_env``
+take JSON), then command-line flags. Every field is documented in its ``help`` and in docs/server.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.errors import WorkflowError
+
+ENV_PREFIX = "MLAAS4HEP_"
+MiB = 1024 * 1024
+QUEUE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _setting(default: Any, help: str) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(
+        default=Path(),
+        metadata={"help": "root of the job store, uploads, job directories and models (required)"},
+    )
+    models_dir: Path | None = field(
+        default=None, metadata={"help": "model repository that TFaaS serves (default DATA_DIR/models)"}
+    )
+    host: str = _setting("127.0.0.1", "address the API binds; oauth2-proxy is the public door")
+    port: int = _setting(8080, "port of the API")
+    workers: int = _setting(2, "gunicorn worker processes of the API")
+    threads: int = _setting(4, "threads per gunicorn worker (gthread)")
+    timeout_s: int = _setting(120, "gunicorn worker timeout")
+    log_level: str = _setting("info", "log level of the API and the workers")
+    queue_url: str = _setting(
+        "", 'job queue: "" = SQLite in DATA_DIR/queue.db; "redis://host:6379/0" = a shared Redis broker'
+    )
+    max_concurrent_jobs: int = _setting(1, "jobs one worker process runs at once; the others wait queued")
+    job_user: str = _setting(
+        "mlaas4hep-job", 'unprivileged user jobs run as when the worker runs as root ("" = no switch)'
+    )
+    python: str = _setting("", "Python interpreter of the training subprocess (default: the worker's)")
+    default_memory_mb: int = _setting(4096, "address-space limit of a job that asks for none (MiB)")
+    max_memory_mb: int = _setting(16384, "largest memory a request may ask for (MiB)")
+    default_cpus: int = _setting(1, "CPU cores of a job that asks for none")
+    max_cpus: int = _setting(2, "most CPU cores a request may ask for")
+    default_wall_time_s: int = _setting(6 * 3600, "wall-time limit of a job that asks for none")
+    max_wall_time_s: int = _setting(48 * 3600, "longest wall time a request may ask for")
+    gpu_jobs: bool = _setting(False, 'whether requests may ask for "device": "gpu"')
+    kill_grace_s: float = _setting(10.0, "seconds between SIGTERM and SIGKILL when a job is stopped")
+    heartbeat_s: float = _setting(5.0, "how often a worker marks its running jobs alive")
+    stale_after_s: float = _setting(120.0, "a running job whose worker is silent this long is marked failed")
+    local_user: str = _setting("local", "owner of requests that carry no identity (no auth front)")
+    trust_forwarded_user: bool = _setting(
+        True, "take the owner from X-Forwarded-User / X-Forwarded-Email (set by oauth2-proxy)"
+    )
+    auth: Mapping[str, Any] = _setting({}, "appliance.auth settings; when set, owners come from tokens")
+    max_upload_bytes: int = _setting(1024 * MiB, "largest request body and largest unpacked upload")
+    max_upload_members: int = _setting(10_000, "most members in an uploaded archive")
+    check_urls: bool = _setting(True, "stat every root:// input when a job is submitted")
+    url_check_timeout_s: int = _setting(10, "time allowed for each of those checks")
+    follow_max_s: int = _setting(600, "longest a followed log stream stays open")
+    job_env: Mapping[str, str] = _setting({}, "extra environment of jobs, e.g. X509_USER_PROXY")
+
+    def __post_init__(self) -> None:
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                raise WorkflowError(f"setting {message}")
+
+        check(str(self.data_dir) not in ("", "."), "data_dir is required (--data-dir or MLAAS4HEP_DATA_DIR)")
+        check(0 < self.port < 65536, f"port must be between 1 and 65535, got {self.port}")
+        check(self.workers >= 1 and self.threads >= 1, "workers and threads must be at least 1")
+        check(self.max_concurrent_jobs >= 1, "max_concurrent_jobs must be at least 1")
+        check(
+            self.queue_url == "" or self.queue_url.startswith(QUEUE_SCHEMES),
+            f'queue_url must be "" (SQLite) or a redis:// URL, got {self.queue_url!r}',
+        )
+        for name in ("memory_mb", "cpus", "wall_time_s"):
+            default, limit = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
+            check(0 < default <= limit, f"default_{name} must be positive and at most max_{name}")
+        check(
+            self.kill_grace_s >= 0 and self.heartbeat_s > 0, "kill_grace_s and heartbeat_s must be positive"
+        )
+        check(self.stale_after_s > 2 * self.heartbeat_s, "stale_after_s must exceed two heartbeats")
+        check(bool(self.local_user), "local_user must not be empty")
+        check(all(isinstance(v, str) for v in self.job_env.values()), "job_env values must be strings")
+
+    # -- where things live -------------------------------------------------------------------------------
+
+    @property
+    def model_repository(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def job_db(self) -> Path:
+        return self.data_dir / "jobs.db"
+
+    @property
+    def queue_db(self) -> Path:
+        return self.data_dir / "queue.db"
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Defaults, then the config file (``config_file`` or ``$MLAAS4HEP_CONFIG``), the environment and
+        ``overrides`` (command-line flags; ``None`` means not given)."""
+        environ = os.environ if environ is None else environ
+        config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
+        values: dict[str, Any] = {}
+        if config_file:
+            values.update(read_config_file(config_file))
+        values.update(_from_environment(environ))
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise WorkflowError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+            )
+        return cls(**{name: _coerce(name, str(fields[name].type), value) for name, value in data.items()})
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as JSON-friendly values (no secrets are held here)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise WorkflowError(f"cannot read config {str(path)!r}: {err.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise WorkflowError(f"config {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WorkflowError(f"config {str(path)!r} must hold a mapping of settings")
+    return data
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, text in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in names:
+            raise WorkflowError(f"unknown setting in the environment: {key}")
+        values[name] = text
+    return values
+
+
+def _coerce(name: str, declared: str, value: Any) -> Any:
+    """Strings from the environment become the declared type; wrong JSON/YAML types are refused."""
+    try:
+        if declared.startswith("Path"):
+            return None if value in (None, "") and "None" in declared else Path(value)
+        if declared.startswith("Mapping"):
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip() else {}
+            if not isinstance(value, Mapping):
+                raise ValueError("expected a mapping (JSON object)")
+            return dict(value)
+        if declared == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError("expected true or false")
+                return lowered in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if declared in ("int", "float"):
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            number = float(value) if isinstance(value, str) else value
+            if not isinstance(number, int | float):
+                raise ValueError("expected a number")
+            if declared == "int":
+                if float(number) != int(number):
+                    raise ValueError("expected an integer")
+                return int(number)
+            return float(number)
+        if declared == "str":
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+    except (ValueError, TypeError) as err:
+        raise WorkflowError(f"setting {name}: {err}, got {value!r}") from None
+    raise AssertionError(f"no coercion for {name}: {declared}")
