@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# A Debian 12 host with systemd as PID 1, booted with systemd-nspawn, reachable with ssh on loopback.
+#
+#   nspawn_host.sh create NAME SSH_PORT    debootstrap (cached), boot, wait for `systemctl is-system-running`
+#   nspawn_host.sh destroy NAME            power off, remove the root filesystem and the state
+#   nspawn_host.sh status NAME             print the state folder and whether the host runs
+#
+# The host shares this machine's network (no veth/NAT: we must not touch this machine's firewall or routes),
+# so every port it opens is a loopback port here; callers pick ports that do not clash. The site's pip
+# configuration (/etc/pip.conf and the local indexes it names) is bound read-only into the host, and a pip
+# cache survives between runs, so a second fresh converge downloads nothing.
+set -euo pipefail
+
+STATE_ROOT=${MLAAS4HEP_NSPAWN_STATE:-/var/lib/mlaas4hep-nspawn}
+CACHE_ROOT=${MLAAS4HEP_NSPAWN_CACHE:-/var/cache/mlaas4hep-nspawn}
+MIRROR=${MLAAS4HEP_NSPAWN_MIRROR:-http://deb.debian.org/debian}
+SUITE=bookworm
+PACKAGES=systemd,systemd-sysv,dbus,python3,openssh-server,ca-certificates,sudo
+
+log() { echo "nspawn_host: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and systemd-nspawn need it)"
+
+rootfs_tarball() {
+  # Keyed by the suite, mirror and package list: changing any of them builds a new root filesystem.
+  local key
+  key=$(printf '%s\n' "$SUITE" "$MIRROR" "$PACKAGES" | sha256sum | cut -c1-16)
+  echo "$CACHE_ROOT/rootfs-$SUITE-$key.tar"
+}
+
+build_rootfs_tarball() {
+  local tarball=$1 tmp
+  mkdir -p "$CACHE_ROOT"
+  tmp=$(mktemp -d "$CACHE_ROOT/build.XXXXXX")
+  log "debootstrap $SUITE ($PACKAGES) into the cache, once (about 70 s)"
+  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp/rootfs" "$MIRROR" >"$tmp/debootstrap.log" 2>&1 \
+    || { tail -20 "$tmp/debootstrap.log" >&2; rm -rf "$tmp"; die "debootstrap failed"; }
+  # Every host made from the cache gets its own ssh host keys and machine id.
+  rm -f "$tmp"/rootfs/etc/ssh/ssh_host_* "$tmp/rootfs/etc/machine-id"
+  rm -rf "$tmp"/rootfs/var/cache/apt/archives/*.deb "$tmp"/rootfs/var/lib/apt/lists/*
+  tar -C "$tmp/rootfs" -cf "$tmp/rootfs.tar" .
+  mv "$tmp/rootfs.tar" "$tarball"  # atomic: a killed build never leaves a half tarball behind
+  rm -rf "$tmp"
+}
+
+pip_binds() {
+  # The site's pip configuration and the local folders it points at, read-only, at the same paths.
+  local conf
+  for conf in /etc/pip.conf; do
+    [[ -f $conf ]] || continue
+    echo "--bind-ro=$conf"
+    python3 - "$conf" <<'PY'
+import configparser, os, sys
+parser = configparser.ConfigParser()
+parser.read(sys.argv[1])
+seen = set()
+for section in parser.sections():
+    for key in ("find-links", "index-url", "extra-index-url"):
+        for value in parser.get(section, key, fallback="").split():
+            path = value.removeprefix("file://")
+            if path.startswith("/") and os.path.exists(path):
+                # bind the index's top folder: simple/ links to ../../files/
+                top = "/" + "/".join(path.strip("/").split("/")[:2])
+                if top not in seen:
+                    seen.add(top)
+                    print(f"--bind-ro={top}")
+PY
+  done
+}
+
+container_pid() {
+  # PID 1 of the container: the child of systemd-nspawn.
+  local nspawn_pid
+  nspawn_pid=$(cat "$1/nspawn.pid" 2>/dev/null) || return 1
+  kill -0 "$nspawn_pid" 2>/dev/null || return 1
+  pgrep -P "$nspawn_pid" | head -1
+}
+
+create() {
+  local name=$1 ssh_port=$2 state tarball rootfs pid i
+  [[ $name =~ ^[a-z][a-z0-9-]{1,40}$ ]] || die "bad host name $name"
+  [[ $ssh_port =~ ^[0-9]+$ ]] || die "bad ssh port $ssh_port"
+  state=$STATE_ROOT/$name
+  if pid=$(container_pid "$state") && [[ -n $pid ]]; then
+    log "$name already runs (PID $pid)"
+    return 0
+  fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$ssh_port") 2>/dev/null; then
+    die "port $ssh_port is taken on 127.0.0.1; pick another ssh port"
+  fi
+  tarball=$(rootfs_tarball)
+  [[ -f $tarball ]] || build_rootfs_tarball "$tarball"
+  rm -rf "$state"
+  mkdir -p "$state" "$CACHE_ROOT/pip"
+  rootfs=$state/rootfs
+  mkdir "$rootfs"
+  tar -C "$rootfs" -xf "$tarball"
+  ssh-keygen -q -t ed25519 -N "" -C "molecule@$name" -f "$state/id_ed25519"
+  ssh-keygen -A -f "$rootfs" >/dev/null
+  install -d -m 0700 "$rootfs/root/.ssh"
+  install -m 0600 "$state/id_ed25519.pub" "$rootfs/root/.ssh/authorized_keys"
+  cat >"$rootfs/etc/ssh/sshd_config.d/nspawn-host.conf" <<CONF
+# The host shares the network of the machine that booted it: listen on loopback only.
+Port $ssh_port
+ListenAddress 127.0.0.1
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+CONF
+  # Debian enables ssh.socket, which would listen on port 22 of this machine: sshd runs as ssh.service only.
+  ln -sf /dev/null "$rootfs/etc/systemd/system/ssh.socket"
+  rm -f "$rootfs/etc/systemd/system/sockets.target.wants/ssh.socket"
+  echo "$name" >"$rootfs/etc/hostname"
+  printf '127.0.0.1 localhost %s\n' "$name" >"$rootfs/etc/hosts"
+  echo "$ssh_port" >"$state/ssh_port"
+
+  local binds
+  mapfile -t binds < <(pip_binds)
+  log "booting $name (ssh on 127.0.0.1:$ssh_port)"
+  setsid systemd-nspawn --quiet --register=no --keep-unit --console=read-only \
+    -M "$name" -D "$rootfs" --bind="$CACHE_ROOT/pip:/root/.cache/pip" "${binds[@]}" -b \
+    </dev/null >"$state/console.log" 2>&1 &
+  echo $! >"$state/nspawn.pid"
+
+  for ((i = 0; i < 120; i++)); do
+    if pid=$(container_pid "$state") && [[ -n $pid ]]; then
+      case $(nsenter -t "$pid" -a systemctl is-system-running 2>/dev/null || true) in
+        running) break ;;
+        degraded)
+          log "$name booted degraded:"; nsenter -t "$pid" -a systemctl --failed --no-legend >&2 || true; break ;;
+      esac
+    elif ! kill -0 "$(cat "$state/nspawn.pid")" 2>/dev/null; then
+      tail -30 "$state/console.log" >&2; die "systemd-nspawn exited"
+    fi
+    sleep 1
+  done
+  ((i < 120)) || { tail -30 "$state/console.log" >&2; die "$name did not finish booting in 120 s"; }
+  for ((i = 0; i < 30; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$ssh_port") 2>/dev/null && break
+    sleep 1
+  done
+  ((i < 30)) || die "sshd of $name does not listen on 127.0.0.1:$ssh_port"
+  log "$name is running (PID $pid); key $state/id_ed25519"
+}
+
+destroy() {
+  local name=$1 state pid nspawn_pid i
+  state=$STATE_ROOT/$name
+  [[ -d $state ]] || { log "$name does not exist"; return 0; }
+  nspawn_pid=$(cat "$state/nspawn.pid" 2>/dev/null || true)
+  if pid=$(container_pid "$state") && [[ -n $pid ]]; then
+    # SIGRTMIN+4 asks systemd for a clean poweroff.
+    kill -s RTMIN+4 "$pid" 2>/dev/null || true
+    for ((i = 0; i < 60; i++)); do
+      kill -0 "$nspawn_pid" 2>/dev/null || break
+      sleep 1
+    done
+    if kill -0 "$nspawn_pid" 2>/dev/null; then
+      log "$name did not power off in 60 s; killing it"
+      kill -KILL "$nspawn_pid" 2>/dev/null || true
+      sleep 1
+    fi
+  fi
+  rm -rf --one-file-system "$state"
+  log "$name destroyed"
+}
+
+status() {
+  local state=$STATE_ROOT/$1 pid
+  if pid=$(container_pid "$state") && [[ -n $pid ]]; then
+    echo "running pid=$pid state=$state ssh_port=$(cat "$state/ssh_port")"
+  else
+    echo "stopped state=$state"
+    return 3
+  fi
+}
+
+case ${1:-} in
+  create) [[ $# -eq 3 ]] || die "usage: $0 create NAME SSH_PORT"; create "$2" "$3" ;;
+  destroy) [[ $# -eq 2 ]] || die "usage: $0 destroy NAME"; destroy "$2" ;;
+  status) [[ $# -eq 2 ]] || die "usage: $0 status NAME"; status "$2" ;;
+  *) die "usage: $0 create NAME SSH_PORT | destroy NAME | status NAME" ;;
+esac
