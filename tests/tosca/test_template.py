@@ -1,0 +1,88 @@
+"""The TOSCA template and the node types parse and validate with tosca-parser, offline, and point at one release."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.tosca.orchestrator import (
+    BASE_TYPES_URL,
+    COLLECTION_ARTIFACT,
+    RAW_BASE,
+    TEMPLATE,
+    TOSCA,
+    TYPES,
+    imports_of,
+    load_template,
+    local_copy,
+    project_node_types,
+    read_yaml,
+)
+
+
+def test_template_validates_offline():
+    template = load_template(TEMPLATE)
+    nodes = {node.name: node.type for node in template.nodetemplates}
+    assert nodes == {
+        "vm_server": "tosca.nodes.indigo.Compute",
+        "iam_client": "tosca.nodes.indigo.iam.client",
+        "appliance_base": "tosca.nodes.mlaas4hep.ApplianceBase",
+        "xrootd_proxy": "tosca.nodes.mlaas4hep.XRootDProxy",
+        "mlaas4hep": "tosca.nodes.mlaas4hep.MLaaS4HEP",
+        "tfaas": "tosca.nodes.mlaas4hep.TFaaS",
+        "oauth2_proxy": "tosca.nodes.mlaas4hep.OAuth2Proxy",
+    }
+    assert {output.name for output in template.outputs} == {"mlaas4hep_endpoint", "tfaas_endpoint", "node_ip"}
+
+
+def test_validation_rejects_a_bad_input():
+    """The check above is live: tosca-parser checks input values against their types (not their constraints,
+    which test_dashboard checks against the dashboard's choices)."""
+    from toscaparser.common.exception import ValidationError
+
+    with pytest.raises(ValidationError, match='"four" is not an integer'):
+        load_template(TEMPLATE, parsed_params={"num_cpus": "four"})
+
+
+def test_the_vm_opens_the_fronts_and_ssh_only():
+    vm = read_yaml(TEMPLATE)["topology_template"]["node_templates"]["vm_server"]
+    ports = vm["capabilities"]["endpoint"]["properties"]["ports"]
+    assert sorted(port["source"] for port in ports.values()) == [22, 4433, 8081]
+    assert {port["protocol"] for port in ports.values()} == {"tcp"}
+    host = vm["capabilities"]["host"]["properties"]
+    assert set(host) == {"num_cpus", "mem_size", "disk_size", "num_gpus", "gpu_model"}
+    assert all(value == {"get_input": name} for name, value in host.items())
+
+
+def test_every_project_node_is_hosted_on_the_vm():
+    nodes = read_yaml(TEMPLATE)["topology_template"]["node_templates"]
+    for name, node in nodes.items():
+        if node["type"].startswith("tosca.nodes.mlaas4hep."):
+            assert {"host": "vm_server"} in node["requirements"], name
+
+
+@pytest.mark.parametrize("document", [TEMPLATE, TYPES], ids=lambda path: path.name)
+def test_imports_are_pinned(document):
+    for url in imports_of(read_yaml(document)):
+        assert url == BASE_TYPES_URL or url.startswith(RAW_BASE), url
+        assert local_copy(url).is_file(), url
+
+
+def test_node_types_install_the_pinned_collection_and_run_playbooks_kept_here():
+    for name, node_type in project_node_types().items():
+        assert node_type["derived_from"] == "tosca.nodes.SoftwareComponent", name
+        (artifact,) = node_type["artifacts"].values()
+        assert artifact == {"file": COLLECTION_ARTIFACT, "type": "tosca.artifacts.AnsibleGalaxy.collection"}, name
+        implementation = node_type["interfaces"]["Standard"]["configure"]["implementation"]
+        playbook = local_copy(implementation)
+        assert playbook.parent == TOSCA / "playbooks" and playbook.is_file(), implementation
+        (play,) = read_yaml(playbook)
+        assert play["hosts"] == "localhost" and play["connection"] == "local", playbook
+
+
+def test_every_pinned_url_names_the_same_release():
+    """One release everywhere: a bump that misses a file fails here."""
+    texts = [path.read_text() for path in TOSCA.rglob("*.y*ml")]
+    tags = {tag for text in texts for tag in re.findall(r"mlaas4hep-appliance(?:\.git)?[/,@](v[0-9][^/\s\"']*)", text)}
+    assert tags == {RAW_BASE.rstrip("/").rsplit("/", 1)[1]}
