@@ -48,7 +48,7 @@ def local_copy(url: str) -> Path:
 
 def require_base_types() -> Path:
     if not BASE_TYPES.exists():
-        pytest.skip(f"the INFN Cloud base types are not at {BASE_TYPES} (../shared/reference beside the checkout)")
+        pytest.skip(f"the INFN Cloud base types are not at {BASE_TYPES} (../shared/reference is absent)")
     return BASE_TYPES
 
 
@@ -64,7 +64,7 @@ def imports_of(document: Mapping[str, Any]) -> list[str]:
 
 
 def load_template(path: Path, parsed_params: Mapping[str, Any] | None = None):
-    """tosca-parser's ToscaTemplate of ``path``; its ``local_defs`` hook maps each import URL to a local file."""
+    """tosca-parser's ToscaTemplate of ``path``; its ``local_defs`` hook maps import URLs to local files."""
     from toscaparser.tosca_template import ToscaTemplate
 
     require_base_types()
@@ -99,14 +99,19 @@ def role_of(node_type: Mapping[str, Any]) -> str:
 
 
 def role_options(role: str) -> dict[str, dict[str, Any]]:
-    return read_yaml(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    specs = read_yaml(ROOT / "roles" / role / "meta" / "argument_specs.yml")
+    return specs["argument_specs"]["main"]["options"]
 
 
 class Deployment:
     """One deployment of a template: input values, node properties, and the functions between them."""
 
-    def __init__(self, template_path: Path, inputs: Mapping[str, Any] | None = None,
-                 injected: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        template_path: Path,
+        inputs: Mapping[str, Any] | None = None,
+        injected: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.template = read_yaml(template_path)["topology_template"]
         self.types = node_types()
         declared = self.template.get("inputs", {})
@@ -149,7 +154,7 @@ class Deployment:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (function, args), = value.items()
+            ((function, args),) = value.items()
             if function == "get_input":
                 return self.resolve(self.inputs[args], node)
             if function == "get_property":
@@ -182,7 +187,7 @@ class Deployment:
 
 
 def collection_path(folder: Path) -> Path:
-    """A collections path where mlaas4hep.appliance is this checkout, as the artifact installs it on the VM."""
+    """A collections path where mlaas4hep.appliance is this checkout, as the artifact puts it on the VM."""
     namespace, name = COLLECTION
     target = folder / "ansible_collections" / namespace / name
     target.parent.mkdir(parents=True, exist_ok=True)

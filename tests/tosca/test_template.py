@@ -1,4 +1,4 @@
-"""The TOSCA template and the node types parse and validate with tosca-parser, offline, and point at one release."""
+"""The TOSCA template and node types validate with tosca-parser, offline, and point at one release."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def test_node_types_install_the_pinned_collection_and_run_playbooks_kept_here():
     for name, node_type in project_node_types().items():
         assert node_type["derived_from"] == "tosca.nodes.SoftwareComponent", name
         (artifact,) = node_type["artifacts"].values()
-        assert artifact == {"file": COLLECTION_ARTIFACT, "type": "tosca.artifacts.AnsibleGalaxy.collection"}, name
+        expected = {"file": COLLECTION_ARTIFACT, "type": "tosca.artifacts.AnsibleGalaxy.collection"}
+        assert artifact == expected, name
         implementation = node_type["interfaces"]["Standard"]["configure"]["implementation"]
         playbook = local_copy(implementation)
         assert playbook.parent == TOSCA / "playbooks" and playbook.is_file(), implementation
@@ -84,5 +85,6 @@ def test_node_types_install_the_pinned_collection_and_run_playbooks_kept_here():
 def test_every_pinned_url_names_the_same_release():
     """One release everywhere: a bump that misses a file fails here."""
     texts = [path.read_text() for path in TOSCA.rglob("*.y*ml")]
-    tags = {tag for text in texts for tag in re.findall(r"mlaas4hep-appliance(?:\.git)?[/,@](v[0-9][^/\s\"']*)", text)}
+    pinned = re.compile(r"mlaas4hep-appliance(?:\.git)?[/,@](v[0-9][^/\s\"']*)")
+    tags = {tag for text in texts for tag in pinned.findall(text)}
     assert tags == {RAW_BASE.rstrip("/").rsplit("/", 1)[1]}

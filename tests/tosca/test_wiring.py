@@ -130,7 +130,9 @@ def test_rendered_inputs_follow_the_template_wiring():
     xrootd = rendered["xrootd_proxy"]
     assert xrootd["xrootd_proxy_origin"] == "xrootd-cms.infn.it:1094"
     assert (xrootd["xrootd_proxy_cache_high_watermark"], xrootd["xrootd_proxy_cache_low_watermark"]) == (
-        "200g", "150g")
+        "200g",
+        "150g",
+    )
     mlaas4hep, tfaas = rendered["mlaas4hep"], rendered["tfaas"]
     assert tfaas["tfaas_venv"] == mlaas4hep["mlaas4hep_install_dir"] + "/venv"
     assert tfaas["tfaas_model_dir"] == mlaas4hep["mlaas4hep_data_dir"] + "/models"
@@ -158,9 +160,21 @@ def run_validation(folder: Path, rendered: dict[str, dict]) -> subprocess.Comple
     (folder / "vars.json").write_text(json.dumps({"nodes": nodes}))
     (folder / "validate.yml").write_text(VALIDATE)
     return subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", f"@{folder / 'vars.json'}",
-         str(folder / "validate.yml")],
-        capture_output=True, text=True, env=ansible_env(folder), timeout=300, check=False,
+        [
+            ANSIBLE_PLAYBOOK,
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"@{folder / 'vars.json'}",
+            str(folder / "validate.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ansible_env(folder),
+        timeout=300,
+        check=False,
     )
 
 
@@ -183,7 +197,7 @@ def test_the_argument_check_catches_a_miswired_input(tmp_path):
 
 
 def test_configure_playbooks_resolve_their_roles_in_the_installed_collection(tmp_path):
-    """As on the VM: the collection artifact installed, the playbook run with the node's inputs as variables."""
+    """As on the VM: the collection installed, each playbook run with its node's inputs as variables."""
     plan = deployment()
     types = project_node_types()
     for name in plan.project_nodes():
@@ -192,9 +206,23 @@ def test_configure_playbooks_resolve_their_roles_in_the_installed_collection(tmp
         variables = tmp_path / f"{name}.json"
         variables.write_text(json.dumps(plan.configure_inputs(name)))
         result = subprocess.run(
-            [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", f"@{variables}", "--list-tasks",
-             str(playbook)],
-            capture_output=True, text=True, env=ansible_env(tmp_path), timeout=300, check=False, cwd=ROOT,
+            [
+                ANSIBLE_PLAYBOOK,
+                "-i",
+                "localhost,",
+                "-c",
+                "local",
+                "-e",
+                f"@{variables}",
+                "--list-tasks",
+                str(playbook),
+            ],
+            capture_output=True,
+            text=True,
+            env=ansible_env(tmp_path),
+            timeout=300,
+            check=False,
+            cwd=ROOT,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         role = role_of(node_type)
