@@ -333,15 +333,17 @@ def _from_loopback_directly(request: flask.Request) -> bool:
 
 def install_auth(
     app: flask.Flask,
-    settings: AuthSettings,
+    settings: AuthSettings | Mapping[str, Any],
     public_paths: Iterable[str] = (),
     loopback_paths: Iterable[str] = (),
 ) -> None:
     """Check the caller of every request to ``app``; the identity is then ``current_identity()``.
 
     ``public_paths`` and ``loopback_paths`` are the app's own glob patterns (health, metrics); the settings
-    may add more. Refusals are JSON: 401 with ``WWW-Authenticate: Bearer`` or 403.
+    may add more. Refusals are JSON: 401 with ``WWW-Authenticate: Bearer`` or 403, also for ``AuthError``
+    raised in a view (``require_owner``).
     """
+    settings = AuthSettings.from_mapping(settings)
     public = (*public_paths, *settings.public_paths)
     loopback = (*loopback_paths, *settings.loopback_paths)
     verifier = TokenVerifier(settings) if settings.mode == "oidc" else None
@@ -349,6 +351,7 @@ def install_auth(
         log.warning("authentication is disabled: every caller is %r", settings.local_user)
     local = Identity(sub=settings.local_user, username=settings.local_user, groups=settings.local_groups)
     app.extensions["auth"] = verifier
+    app.register_error_handler(AuthError, _refusal)
 
     @app.before_request
     def _authenticate() -> flask.Response | None:
@@ -377,6 +380,22 @@ def current_identity() -> Identity | None:
     return flask.g.get("identity")
 
 
+def owns(identity: Identity, name: str) -> bool:
+    """Names in a user's namespace: ``alice`` owns ``alice`` and ``alice.higgs``, not ``alicex.higgs``."""
+    return name == identity.username or name.startswith(identity.username + ".")
+
+
+def require_owner(name: str) -> None:
+    """Refuse (403) a change to ``name`` unless the verified caller owns it; no check without OIDC."""
+    identity = current_identity()
+    if flask.current_app.extensions.get("auth") is None or identity is None:
+        return
+    if not owns(identity, name):
+        raise AuthError(
+            403, f"{name!r} is not in your namespace: use names starting with '{identity.username}.'"
+        )
+
+
 def _refusal(err: AuthError) -> flask.Response:
     response = _json_error(err.status, err.message)
     if err.status == 401:
@@ -403,4 +422,6 @@ __all__ = [
     "bearer_token",
     "current_identity",
     "install_auth",
+    "owns",
+    "require_owner",
 ]

@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, Response, g, request
 from google.protobuf.message import DecodeError
 from werkzeug.exceptions import HTTPException
 
+from appliance.auth import require_owner
 from appliance.bundle import check_name
 from appliance.errors import WorkflowError
 from appliance.safetar import extract_archive
@@ -90,7 +91,7 @@ def install_auth(app: Flask, settings: Settings) -> None:
         return
     from appliance import auth
 
-    auth.install(app, settings.auth, public_paths=public_paths(settings))
+    auth.install_auth(app, settings.auth, public_paths=public_paths(settings))
 
 
 # -- request helpers -------------------------------------------------------------------------------------
@@ -258,6 +259,7 @@ def _original_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
                 version = _version(request.form.get("version", version))
         if not isinstance(name, str) or not name:
             raise ApiError(400, "say which model to delete: DELETE /delete/<model> or form field 'model'")
+        require_owner(name)
         deleted = store.repository.delete(name, version)
         store.refresh(force=True)
         return _json({"deleted": name, "versions": deleted})
@@ -277,6 +279,7 @@ def _original_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
                     "or a (gzipped) tar bundle",
                 )
             _check_bundle(name, bundle_dir)
+            require_owner(name)
             _, version = store.repository.publish(bundle_dir, name)
         store.refresh(force=True)
         return _json({"model": name, "version": version}, status=201)
