@@ -1,0 +1,165 @@
+"""Fixtures of the server tests: a data directory the job user can reach, the app, a worker, the API."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from appliance.settings import Settings
+from tests.support.processes import free_port, running, stop
+
+REPO = Path(__file__).resolve().parents[2]
+# Jobs run as this unprivileged user when the tests run as root (as on the appliance's build machine).
+JOB_USER = "nobody"
+TINY_MODEL = {
+    "layers": [{"type": "Dense", "units": 8, "activation": "relu"},
+               {"type": "Dense", "units": 1, "activation": "sigmoid"}],
+    "loss": "binary_crossentropy",
+    "optimizer": {"name": "adam", "learning_rate": 0.01},
+}  # fmt: skip
+TINY_PARAMS = {"epochs": 1, "batch_size": 128, "chunk_size": 2000, "nevts": 4000, "seed": 3}
+ENDLESS_PARAMS = {**TINY_PARAMS, "epochs": 100_000}
+
+
+def server_env(data_dir: Path, **settings: object) -> dict[str, str]:
+    env = {
+        "MLAAS4HEP_DATA_DIR": str(data_dir),
+        "MLAAS4HEP_JOB_USER": JOB_USER,
+        "MLAAS4HEP_HEARTBEAT_S": "1",
+        "MLAAS4HEP_STALE_AFTER_S": "60",
+        "MLAAS4HEP_KILL_GRACE_S": "5",
+        "MLAAS4HEP_URL_CHECK_TIMEOUT_S": "5",
+        "MLAAS4HEP_LOG_LEVEL": "info",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    env.update({f"MLAAS4HEP_{key.upper()}": str(value) for key, value in settings.items()})
+    return env
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # pytest's tmp_path is private to root; the job user must reach its job directory.
+    path = Path(tempfile.mkdtemp(prefix="mlaas4hep-server-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_app(data_dir: Path) -> Callable[..., object]:
+    from appliance.api import create_app
+
+    def make(**settings: object):
+        app = create_app(Settings.load(environ=server_env(data_dir, **settings)))
+        app.testing = True
+        return app.test_client()
+
+    return make
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app()
+
+
+@pytest.fixture(scope="session")
+def remote_samples(xrootd, sample_files) -> dict[str, str]:
+    """The generated signal and background files, as URLs through the appliance's XRootD proxy."""
+    return {kind: xrootd.proxy_url(xrootd.add_file(sample_files[kind], f"server/{kind}.root"))
+            for kind in ("signal", "background")}  # fmt: skip
+
+
+def workflow(remote_samples: dict[str, str], **overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "name": "ttbar",
+        "files": [remote_samples["signal"], remote_samples["background"]],
+        "labels": [1, 0],
+        "model": TINY_MODEL,
+        "params": TINY_PARAMS,
+    }
+    body.update(overrides)
+    return body
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def worker_process(data_dir: Path, log: Path, **settings: object) -> Iterator[subprocess.Popen]:
+    """``python -m appliance worker``, ready once it logs that it consumes the queue."""
+    argv = [sys.executable, "-m", "appliance", "worker", "--data-dir", str(data_dir)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, **server_env(data_dir, **settings)},
+                                start_new_session=True)  # fmt: skip
+    try:
+        wait_until(lambda: "consumer" in log.read_text().lower() or proc.poll() is not None, 60)
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        yield proc
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def api_process(data_dir: Path, log: Path, **settings: object) -> Iterator[str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "appliance", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+    with running(argv, port, log, env=server_env(data_dir, workers=1, **settings), cwd=REPO):
+        yield f"http://127.0.0.1:{port}"
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.3) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met after {timeout} s")
+
+
+def follow_job(get: Callable[[str], dict], job_id: str, states: tuple[str, ...], timeout: float) -> dict:
+    """Poll a job until its state is one of ``states``; returns the job."""
+    job: dict = {}
+
+    def reached() -> bool:
+        nonlocal job
+        job = get(job_id)
+        return job["state"] in states
+
+    try:
+        wait_until(reached, timeout, 0.5)
+    except TimeoutError:
+        raise AssertionError(f"job {job_id} stayed {job.get('state')}: {json.dumps(job)[:2000]}") from None
+    return job
+
+
+def http_getter(url: str, user: str) -> Callable[[str], dict]:
+    def get(job_id: str) -> dict:
+        response = requests.get(f"{url}/jobs/{job_id}", headers={"X-Forwarded-User": user}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    return get
