@@ -20,7 +20,10 @@ import uproot
 from appliance.synthetic import SyntheticSchema, write_root_file
 
 MODEL = {
-    "layers": [{"type": "Dense", "units": 16, "activation": "relu"}, {"type": "Dense", "units": 1, "activation": "sigmoid"}],
+    "layers": [
+        {"type": "Dense", "units": 16, "activation": "relu"},
+        {"type": "Dense", "units": 1, "activation": "sigmoid"},
+    ],
     "loss": "binary_crossentropy",
     "optimizer": {"name": "adam", "learning_rate": 0.01},
     "metrics": ["accuracy"],
@@ -56,7 +59,7 @@ def main() -> None:
     submitted = requests.post(f"{args.api}/jobs", json=workflow, timeout=60)
     if submitted.status_code not in (200, 201, 202):
         fail("POST /jobs", submitted)
-    job_id = submitted.json().get("id") or submitted.json().get("job_id")
+    job_id = submitted.json()["id"]
     print(f"POST /jobs -> {submitted.status_code} job {job_id}", flush=True)
 
     deadline = time.monotonic() + args.timeout
@@ -65,16 +68,17 @@ def main() -> None:
         if status.status_code != 200:
             fail(f"GET /jobs/{job_id}", status)
         job = status.json()
-        state = job.get("status") or job.get("state")
-        if state in ("succeeded", "success", "done", "finished"):
+        if job["state"] == "succeeded":
             break
-        if state in ("failed", "error", "cancelled"):
-            fail(f"job {job_id}", detail=json.dumps(job)[:3000])
+        if job["state"] in ("failed", "cancelled"):
+            logs = requests.get(f"{args.api}/jobs/{job_id}/logs", timeout=30).text[-4000:]
+            fail(f"job {job_id}", detail=f"{json.dumps(job)[:3000]}\n{logs}")
         if time.monotonic() > deadline:
-            fail(f"job {job_id}", detail=f"still {state} after {args.timeout} s")
+            fail(f"job {job_id}", detail=f"still {job['state']} after {args.timeout} s")
         time.sleep(2)
-    print(f"GET /jobs/{job_id} -> {state}", flush=True)
-    name = (job.get("model") or {}).get("name", args.name) if isinstance(job.get("model"), dict) else args.name
+    print(f"GET /jobs/{job_id} -> {job['state']}", flush=True)
+    # The server publishes under the owner's namespace (local.<name> without an auth front).
+    name = job["model_name"]
 
     # TFaaS reloads the repository by itself; the new model appears within a few seconds.
     deadline = time.monotonic() + 60

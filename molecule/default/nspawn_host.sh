@@ -44,29 +44,44 @@ build_rootfs_tarball() {
   rm -rf "$tmp"
 }
 
+SITE_PIP_CONFIGS=(/etc/pip.conf /etc/xdg/pip/pip.conf /root/.config/pip/pip.conf)
+
 pip_binds() {
-  # The site's pip configuration and the local folders it points at, read-only, at the same paths.
+  # The site's pip configuration and the local files and indexes it names, read-only, at the same paths.
   local conf
-  for conf in /etc/pip.conf; do
-    [[ -f $conf ]] || continue
-    echo "--bind-ro=$conf"
-    python3 - "$conf" <<'PY'
+  for conf in "${SITE_PIP_CONFIGS[@]}"; do
+    [[ -f $conf ]] && echo "--bind-ro=$conf"
+  done
+  python3 - "${SITE_PIP_CONFIGS[@]}" <<'PY'
 import configparser, os, sys
 parser = configparser.ConfigParser()
-parser.read(sys.argv[1])
-seen = set()
+parser.read([c for c in sys.argv[1:] if os.path.isfile(c)])
+binds = set()
 for section in parser.sections():
-    for key in ("find-links", "index-url", "extra-index-url"):
+    for key in ("find-links", "index-url", "extra-index-url", "constraint", "requirement"):
         for value in parser.get(section, key, fallback="").split():
             path = value.removeprefix("file://")
-            if path.startswith("/") and os.path.exists(path):
-                # bind the index's top folder: simple/ links to ../../files/
-                top = "/" + "/".join(path.strip("/").split("/")[:2])
-                if top not in seen:
-                    seen.add(top)
-                    print(f"--bind-ro={top}")
+            if not path.startswith("/") or not os.path.exists(path):
+                continue
+            # An index folder is bound from its top (simple/ links to ../../files/), a file as itself.
+            binds.add("/" + "/".join(path.strip("/").split("/")[:2]) if os.path.isdir(path) else path)
+for path in sorted(binds):
+    print(f"--bind-ro={path}")
 PY
+}
+
+site_ca_certificates() {
+  # The site's own certificate authorities (a TLS-inspecting proxy's, an internal mirror's) are trusted
+  # inside the host too, so pip and apt reach the same registries as this machine.
+  local rootfs=$1 crt added=0
+  for crt in /usr/local/share/ca-certificates/*.crt; do
+    [[ -f $crt ]] || continue
+    install -m 0644 "$crt" "$rootfs/usr/local/share/ca-certificates/"
+    added=1
   done
+  if ((added)); then
+    chroot "$rootfs" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in $rootfs"
+  fi
 }
 
 container_pid() {
@@ -113,6 +128,7 @@ CONF
   echo "$name" >"$rootfs/etc/hostname"
   printf '127.0.0.1 localhost %s\n' "$name" >"$rootfs/etc/hosts"
   echo "$ssh_port" >"$state/ssh_port"
+  site_ca_certificates "$rootfs"
 
   local binds
   mapfile -t binds < <(pip_binds)

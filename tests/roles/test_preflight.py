@@ -1,0 +1,162 @@
+"""Every role refuses bad settings in its preflight, with a message naming the setting, before any change.
+
+The preflight tasks run on this machine with `connection: local`; they only assert and stat.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+GOOD_SOURCE = {"mlaas4hep_source": "git", "mlaas4hep_git_version": "v0.1.0"}
+
+
+def assert_refused(result, *words: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    for word in words:
+        assert word in output, f"{word!r} not in the failure:\n{output[-3000:]}"
+
+
+def assert_accepted(result) -> None:
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+def test_xrootd_proxy_accepts_a_direct_proxy_with_a_cache(preflight):
+    assert_accepted(
+        preflight(
+            "xrootd_proxy",
+            xrootd_proxy_origin="xrootd-cms.infn.it:1094",
+            xrootd_proxy_cache_enabled=True,
+            xrootd_proxy_cache_dir="/var/cache/xrootd",
+        )
+    )
+
+
+def test_xrootd_proxy_accepts_a_forwarding_proxy_without_origin(preflight):
+    assert_accepted(preflight("xrootd_proxy", xrootd_proxy_mode="forwarding"))
+
+
+def test_xrootd_proxy_needs_an_origin_in_direct_mode(preflight):
+    assert_refused(preflight("xrootd_proxy", xrootd_proxy_origin=""), "xrootd_proxy_origin", "host:port")
+
+
+def test_xrootd_proxy_refuses_an_unknown_mode(preflight):
+    assert_refused(
+        preflight("xrootd_proxy", xrootd_proxy_mode="reverse", xrootd_proxy_origin="o:1094"),
+        "xrootd_proxy_mode",
+    )
+
+
+def test_xrootd_proxy_refuses_a_cache_bigger_than_the_disk(preflight):
+    assert_refused(
+        preflight(
+            "xrootd_proxy",
+            xrootd_proxy_origin="origin.example.org:1094",
+            xrootd_proxy_cache_enabled=True,
+            xrootd_proxy_cache_low_watermark="900p",
+            xrootd_proxy_cache_high_watermark="1000000t",
+        ),
+        "watermarks",
+    )
+    assert_refused(
+        preflight(
+            "xrootd_proxy",
+            xrootd_proxy_origin="origin.example.org:1094",
+            xrootd_proxy_cache_enabled=True,
+            xrootd_proxy_cache_low_watermark="900000T",
+            xrootd_proxy_cache_high_watermark="1000000T",
+        ),
+        "within the disk",
+    )
+
+
+def test_xrootd_proxy_refuses_watermarks_in_the_wrong_order(preflight):
+    assert_refused(
+        preflight(
+            "xrootd_proxy",
+            xrootd_proxy_origin="origin.example.org:1094",
+            xrootd_proxy_cache_enabled=True,
+            xrootd_proxy_cache_low_watermark=0.95,
+            xrootd_proxy_cache_high_watermark=0.90,
+        ),
+        "low below high",
+    )
+
+
+def test_xrootd_proxy_refuses_a_missing_credential_file(preflight, tmp_path):
+    assert_refused(
+        preflight(
+            "xrootd_proxy",
+            xrootd_proxy_origin="origin.example.org:1094",
+            xrootd_proxy_x509_proxy_file=str(tmp_path / "x509up_u0"),
+        ),
+        "x509up_u0",
+        "missing",
+    )
+    token = tmp_path / "token"
+    token.write_text("eyJ")
+    assert_refused(
+        preflight(
+            "xrootd_proxy",
+            xrootd_proxy_origin="origin.example.org:1094",
+            xrootd_proxy_x509_proxy_file=str(token),
+            xrootd_proxy_token_file=str(token),
+        ),
+        "not both",
+    )
+
+
+def test_mlaas4hep_accepts_a_pinned_git_source(preflight):
+    assert_accepted(preflight("mlaas4hep", **GOOD_SOURCE))
+
+
+@pytest.mark.parametrize(
+    ("variables", "words"),
+    [
+        ({"mlaas4hep_source": "git", "mlaas4hep_git_version": ""}, ["mlaas4hep_git_version"]),
+        ({"mlaas4hep_source": "archive"}, ["mlaas4hep_source_archive"]),
+        (
+            {"mlaas4hep_source": "archive", "mlaas4hep_source_archive": "/nonexistent/src.tar.gz"},
+            ["does not exist"],
+        ),
+        ({**GOOD_SOURCE, "mlaas4hep_port": 70000}, ["mlaas4hep_port"]),
+        ({**GOOD_SOURCE, "mlaas4hep_environment": {"PATH": "/tmp"}}, ["MLAAS4HEP_"]),
+        ({**GOOD_SOURCE, "mlaas4hep_user": "root"}, ["not root"]),
+    ],
+    ids=["unpinned-git", "no-archive", "missing-archive", "bad-port", "foreign-env", "root-user"],
+)
+def test_mlaas4hep_refuses_bad_settings(preflight, variables, words):
+    assert_refused(preflight("mlaas4hep", **variables), *words)
+
+
+def test_tfaas_needs_the_application_installed(preflight, tmp_path):
+    assert_refused(
+        preflight("tfaas", tfaas_venv=str(tmp_path / "venv"), tfaas_model_dir=str(tmp_path)),
+        "apply the mlaas4hep role first",
+    )
+
+
+def test_tfaas_accepts_an_existing_install(preflight, tmp_path):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("")
+    assert_accepted(preflight("tfaas", tfaas_venv=str(tmp_path / "venv"), tfaas_model_dir=str(tmp_path)))
+
+
+def test_tfaas_refuses_the_port_in_its_settings(preflight, tmp_path):
+    assert_refused(preflight("tfaas", tfaas_settings={"port": 9000}), "tfaas_port")
+
+
+def test_appliance_base_refuses_half_a_tls_pair(preflight):
+    assert_refused(preflight("appliance_base", appliance_base_tls_cert_src="/etc/ssl/cert.pem"), "both")
+
+
+def test_appliance_base_refuses_a_bad_port(preflight):
+    assert_refused(preflight("appliance_base", appliance_base_public_tcp_ports=[4433, 0]), "1-65535")
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").exists(), reason="this machine runs systemd")
+def test_appliance_base_needs_systemd(preflight):
+    # This machine's PID 1 is not systemd: the platform check is what stops the role here.
+    assert_refused(preflight("appliance_base"), "needs a systemd host")
