@@ -8,8 +8,8 @@ one atomic UPDATE), which also makes duplicate or stale messages harmless.
 
 Each job runs ``python -m appliance train ...`` as an argv list (never a shell) in its own working directory:
 
-    setpriv --pdeathsig KILL [--reuid U --regid G --clear-groups] --
-        prlimit --as=MEMORY --cpu=CPUS*WALL -- taskset -c CORES -- python -m appliance train ...
+    prlimit --as=MEMORY --cpu=CPUS*WALL -- taskset --cpu-list CORES
+        setpriv --pdeathsig KILL [--reuid U --regid G --clear-groups] -- python -m appliance train ...
 
 ``setpriv`` drops to the unprivileged job user (only when the worker runs as root) and makes the kernel kill
 the job if its worker dies, so a killed worker never leaves an orphan training behind. ``prlimit`` caps the
@@ -525,17 +525,19 @@ class JobRun:
             "--quiet",
         ]  # fmt: skip
         r = self.resources
+        limits = [
+            "prlimit", f"--as={r.memory_mb * 1024 * 1024}", f"--cpu={r.cpus * r.wall_time_s + 60}", "--",
+            "taskset", "--cpu-list", _cpu_list(r.cpus),
+        ]  # fmt: skip
+        # setpriv comes last, so that it is the job's own parent-death signal it sets and the user switch
+        # happens right before the interpreter starts.
+        return [*limits, *self._as_job_user(), *train]
+
+    def _as_job_user(self) -> list[str]:
         launcher = ["setpriv", "--pdeathsig", "KILL"]
         if self.user is not None:
             launcher += ["--reuid", str(self.user.uid), "--regid", str(self.user.gid), "--clear-groups"]
-        limits = [
-            "prlimit",
-            f"--as={r.memory_mb * 1024 * 1024}",
-            f"--cpu={r.cpus * r.wall_time_s + 60}",
-            "--",
-            "taskset", "--cpu-list", _cpu_list(r.cpus),
-        ]  # fmt: skip
-        return [*launcher, "--", *limits, *train]
+        return [*launcher, "--"]
 
     def environment(self) -> dict[str, str]:
         threads = str(self.resources.cpus)
@@ -670,9 +672,6 @@ class JobRun:
             with contextlib.suppress(OSError):
                 data = read_confined(self.directory / WORK_DIR, BUNDLE_DIR, f"{name}.png", max_bytes=64 << 20)
                 _write_atomically(plots / f"{name}.png", data)
-        launcher = ["setpriv", "--pdeathsig", "KILL"]
-        if self.user is not None:
-            launcher += ["--reuid", str(self.user.uid), "--regid", str(self.user.gid), "--clear-groups"]
         archive = [
             "tar", "--create", "--gzip", "--file=-", f"--directory={self.directory / WORK_DIR}",
             f"--transform=s,^{BUNDLE_DIR},{self.job.model_name},",
@@ -682,7 +681,7 @@ class JobRun:
         try:
             with os.fdopen(fd, "wb") as out:
                 subprocess.run(
-                    [*launcher, "--", *archive],
+                    [*self._as_job_user(), *archive],
                     stdout=out,
                     stderr=subprocess.PIPE,
                     check=True,
