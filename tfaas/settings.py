@@ -51,6 +51,7 @@ class Settings:
     max_upload_members: int = 10_000
     max_batch_rows: int = 100_000  # rows in one predict request
     reload_interval_s: float = 1.0  # how often each worker looks at the repository for changes
+    preload: bool = True  # each worker loads every model's latest version at start, before it reports ready
     numpy_engine: bool = True  # run dense-layer graphs with NumPy when they give the same numbers as TF
     tf_threads: int = 1  # TensorFlow intra/inter-op threads per worker; 0 lets TensorFlow decide
     batching: BatchingSettings = field(default_factory=BatchingSettings)

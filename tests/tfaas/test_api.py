@@ -274,7 +274,7 @@ def test_bad_json_requests(
 @pytest.mark.parametrize(
     ("path", "data", "content_type", "status", "message"),
     [
-        ("/json", b'{"model": "small", "values": [1, 2, 3, NaN]}', "application/json", 400, "finite"),
+        ("/json", b'{"model": "small", "values": [1, 2, 3, NaN]}', "application/json", 400, "not valid JSON"),
         ("/json", b'{"model": "small", "values": [1, 2,', "application/json", 400, "not valid JSON"),
         ("/json", b"\xff\xfe", "application/json", 400, "not valid JSON"),
         ("/json", b"[1, 2, 3, 4]", "application/json", 400, "JSON object"),
@@ -301,6 +301,9 @@ def test_proto_errors(server: TfaasServer) -> None:
     response = server.post("/proto", data=short)
     assert response.status_code == 400 and "expects 4 features" in response.json()["error"]
     assert server.post("/proto", data=proto.Row(value=[1, 2, 3, 4]).SerializeToString()).status_code == 400
+    nan = proto.Row(value=[1, 2, float("nan"), 4], model="small").SerializeToString()
+    response = server.post("/proto", data=nan)
+    assert response.status_code == 400 and "finite" in response.json()["error"]
 
 
 def test_unknown_paths_and_methods_answer_json(server: TfaasServer) -> None:

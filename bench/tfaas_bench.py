@@ -1,0 +1,408 @@
+"""TFaaS benchmark: the 42x128x128x128x64x64x1 MLP of the original TFaaS, served over HTTP on loopback with wrk.
+
+Measured in one run, each against its baseline from the same run:
+- single-row ``/json`` requests/s and p50/p99 latency at 1, 16 and 64 clients, against the HTTP floor (a bare
+  WSGI app under gunicorn with the same workers that parses the same JSON and returns a constant);
+- 1024-row batches in rows/s, against calling the SavedModel in-process;
+- the same single-row load on ``mlflow models serve`` of the same model, the peer (when an MLflow venv is given).
+
+usage: python bench/tfaas_bench.py [--duration 10] [--quick] [--mlflow-python /tmp/mlflow-venv/bin/python]
+Writes bench/results/tfaas.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import appliance  # noqa: E402, F401  (loads the XRootD bindings before TensorFlow, see appliance/__init__.py)
+
+HERE = Path(__file__).resolve().parent / "tfaas"
+DIM = 42
+HIDDEN = (128, 128, 128, 64, 64)
+BATCH_ROWS = 1024
+TARGETS = {"throughput_vs_floor": 0.7, "p50_single_client_ms": 1.0, "batch_vs_in_process": 0.5}
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# -- processes -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(
+    argv: list[str], port: int, log: Path, ready_path: str, env: dict[str, str] | None = None
+) -> Iterator[None]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    try:
+        deadline, streak = time.monotonic() + 300, 0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited early:\n{log.read_text()[-3000:]}")
+            status = subprocess.run(
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    f"http://127.0.0.1:{port}{ready_path}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            # The floor answers GET with an error, which is fine; TFaaS must say it is ready in a row of
+            # probes on fresh connections, so that every worker has loaded the model.
+            ready = status != "000" if ready_path == "/" else status == "200"
+            streak = streak + 1 if ready else 0
+            if streak >= (1 if ready_path == "/" else 20):
+                break
+            time.sleep(0.5 if not streak else 0.01)
+        else:
+            raise TimeoutError(f"{argv} did not become ready")
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def wrk(url: str, body: Path, connections: int, duration: float) -> dict[str, Any]:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "post.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "WRK_BODY": str(body)},
+    ).stdout
+    match = re.search(r"^WRKJSON (.*)$", out, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no summary from wrk:\n{out}")
+    result = json.loads(match.group(1))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def warm_up(url: str, body: Path) -> None:
+    """Load the model in every worker and let the JIT-less Python warm its caches."""
+    wrk(url, body, 8, 2)
+
+
+# -- the model -------------------------------------------------------------------------------------------
+
+
+def build_model(workdir: Path) -> tuple[Path, Path]:
+    """The benchmark MLP as a TFaaS bundle in ``workdir/models/mlp42/1`` and as a ``.keras`` file."""
+    import keras
+
+    from appliance.bundle import export_saved_model, params_document
+
+    keras.utils.set_random_seed(42)
+    inputs = keras.Input((DIM,), name="inputs")
+    x = inputs
+    for units in HIDDEN:
+        x = keras.layers.Dense(units, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    bundle = workdir / "models" / "mlp42" / "1"
+    bundle.parent.mkdir(parents=True)
+    export_saved_model(model, bundle, DIM)
+    params = params_document("mlp42", {}, version=1)
+    del params["features"]
+    (bundle / "params.json").write_text(json.dumps(params))
+    (bundle / "labels.txt").write_text("signal\n")
+    keras_file = workdir / "mlp42.keras"
+    model.save(keras_file)
+    return bundle, keras_file
+
+
+def in_process(bundle: Path, rows: np.ndarray, duration: float) -> dict[str, float]:
+    """The SavedModel called directly in this process: rows/s on 1024-row batches, and single-row latency."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(bundle)).signatures["serving_default"]
+    batch = tf.constant(rows)
+    single = tf.constant(rows[:1])
+    for _ in range(5):
+        signature(inputs=batch)
+        signature(inputs=single)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < duration:
+        signature(inputs=batch)["outputs"].numpy()
+        calls += 1
+    batch_rate = calls * len(rows) / (time.perf_counter() - start)
+    timings = []
+    deadline = time.perf_counter() + min(duration, 3)
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        signature(inputs=single)["outputs"].numpy()
+        timings.append(time.perf_counter() - t)
+    return {"batch_rows_per_s": batch_rate, "single_p50_ms": float(np.median(timings) * 1e3)}
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk measurement")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per measurement")
+    parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--mlflow-python",
+        default="/tmp/mlflow-venv/bin/python",
+        help="Python of a venv with mlflow (and TensorFlow importable); skipped if absent",
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "tfaas.md")
+    args = parser.parse_args(argv)
+    duration = 2.0 if args.quick else args.duration
+    connections = [int(c) for c in args.connections.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="tfaas-bench-"))
+    try:
+        results = run(args, duration, connections, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report(results, args, duration, connections))
+    print(args.output.read_text())
+    return 0
+
+
+def run(args: argparse.Namespace, duration: float, connections: list[int], workdir: Path) -> dict[str, Any]:
+    bundle, keras_file = build_model(workdir)
+    rng = np.random.default_rng(0)
+    rows = rng.uniform(size=(BATCH_ROWS, DIM)).astype(np.float32)
+    single = workdir / "single.json"
+    single.write_text(
+        json.dumps({"keys": [f"f{i}" for i in range(DIM)], "values": rows[0].tolist(), "model": "mlp42"})
+    )
+    batch = workdir / "batch.json"
+    batch.write_text(json.dumps({"values": rows.tolist(), "model": "mlp42"}))
+    results: dict[str, Any] = {"in_process": in_process(bundle, rows, duration)}
+    gunicorn_env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+    port = free_port()
+    floor = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--no-control-socket",
+        "--chdir",
+        str(ROOT),
+        "bench.tfaas.floor:app",
+    ]
+    with serving(floor, port, workdir / "floor.log", "/", gunicorn_env):
+        url = f"http://127.0.0.1:{port}/json"
+        warm_up(url, single)
+        results["floor"] = {c: wrk(url, single, c, duration) for c in connections}
+
+    for variant, env in (("tfaas", {}), ("tfaas, batching off", {"TFAAS_BATCHING": "false"})):
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "tfaas",
+            "--model-dir",
+            str(workdir / "models"),
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+        ]
+        with serving(argv, port, workdir / "tfaas.log", "/v2/health/ready", {**gunicorn_env, **env}):
+            url = f"http://127.0.0.1:{port}/json"
+            warm_up(url, single)
+            results[variant] = {c: wrk(url, single, c, duration) for c in connections}
+            if variant == "tfaas":
+                results["batch"] = {c: wrk(url, batch, c, duration) for c in (1, args.workers)}
+
+    mlflow_python = Path(args.mlflow_python)
+    if mlflow_python.exists():
+        try:
+            results["mlflow"] = run_mlflow(
+                mlflow_python, keras_file, rows, workdir, args.workers, connections, duration
+            )
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as err:
+            results["mlflow_error"] = str(err)[-500:]
+    else:
+        results["mlflow_error"] = f"no MLflow venv at {mlflow_python}"
+    return results
+
+
+def run_mlflow(
+    python: Path,
+    keras_file: Path,
+    rows: np.ndarray,
+    workdir: Path,
+    workers: int,
+    connections: list[int],
+    duration: float,
+) -> dict[int, dict[str, Any]]:
+    model_dir = workdir / "mlflow_model"
+    subprocess.run(
+        [str(python), str(HERE / "mlflow_model.py"), str(keras_file), str(model_dir)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    body = workdir / "mlflow_single.json"
+    body.write_text(json.dumps({"inputs": [rows[0].tolist()]}))
+    port = free_port()
+    argv = [
+        str(python.parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        str(model_dir),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--env-manager",
+        "local",
+        "-w",
+        str(workers),
+    ]
+    env = {"PATH": f"{python.parent}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with serving(argv, port, workdir / "mlflow.log", "/ping", env):
+        url = f"http://127.0.0.1:{port}/invocations"
+        warm_up(url, body)
+        return {c: wrk(url, body, c, duration) for c in connections}
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any], args: argparse.Namespace, duration: float, connections: list[int]) -> str:
+    floor = results["floor"]
+    lines = [
+        "# TFaaS benchmark",
+        "",
+        f"Model: {DIM}x{'x'.join(map(str, HIDDEN))}x1 MLP (the original TFaaS benchmark model). "
+        f"wrk on loopback, {duration:g} s per point, gunicorn gthread with {args.workers} workers x "
+        f"{args.threads} threads for the floor and TFaaS. Host: {platform.node()}, {os.cpu_count()} CPUs, "
+        f"load average at the end {os.getloadavg()[0]:.2f}. Run: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        "Every ratio is against a baseline measured in this same run.",
+        "",
+        "## Single-row `/json`",
+        "",
+        "| server | clients | req/s | ratio to floor | p50 ms | p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    servers = ["floor", "tfaas", "tfaas, batching off", "mlflow"]
+    for server in servers:
+        for c in connections:
+            r = results.get(server, {}).get(c)
+            if r is None:
+                continue
+            lines.append(
+                f"| {server} | {c} | {r['rps']:,.0f} | {r['rps'] / floor[c]['rps']:.2f} | {r['p50_us'] / 1e3:.2f} "
+                f"| {r['p99_us'] / 1e3:.2f} | {r['errors'] + r['non2xx']} |"
+            )
+    if "mlflow_error" in results:
+        lines += ["", f"MLflow was not measured: {results['mlflow_error']}"]
+    in_proc = results["in_process"]
+    lines += [
+        "",
+        f"## {BATCH_ROWS}-row batches",
+        "",
+        "| path | clients | rows/s | ratio to in-process |",
+        "| --- | ---: | ---: | ---: |",
+        f"| SavedModel called in-process | - | {in_proc['batch_rows_per_s']:,.0f} | 1.00 |",
+    ]
+    for c, r in results["batch"].items():
+        rate = r["rps"] * BATCH_ROWS
+        lines.append(f"| TFaaS `/json` | {c} | {rate:,.0f} | {rate / in_proc['batch_rows_per_s']:.2f} |")
+    best_batch = max(r["rps"] * BATCH_ROWS for r in results["batch"].values()) / in_proc["batch_rows_per_s"]
+    tfaas = results["tfaas"]
+    ratios = [tfaas[c]["rps"] / floor[c]["rps"] for c in (16, 64) if c in tfaas]
+    p50 = tfaas[1]["p50_us"] / 1e3 if 1 in tfaas else float("nan")
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | wanted | measured | met |",
+        "| --- | ---: | ---: | :---: |",
+        f"| single-row throughput / floor at 16 and 64 clients | >= {TARGETS['throughput_vs_floor']} | "
+        f"{', '.join(f'{r:.2f}' for r in ratios)} | {_yes(all(r >= TARGETS['throughput_vs_floor'] for r in ratios))} |",
+        f"| single-client p50 latency | < {TARGETS['p50_single_client_ms']} ms | {p50:.2f} ms | "
+        f"{_yes(p50 < TARGETS['p50_single_client_ms'])} |",
+        f"| {BATCH_ROWS}-row batch rows/s / in-process | >= {TARGETS['batch_vs_in_process']} | {best_batch:.2f} | "
+        f"{_yes(best_batch >= TARGETS['batch_vs_in_process'])} |",
+        "",
+        f"In-process single-row call of the SavedModel: p50 {in_proc['single_p50_ms']:.2f} ms (TensorFlow's "
+        "per-call overhead, which TFaaS avoids for dense graphs with its NumPy engine).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
