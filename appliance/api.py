@@ -23,6 +23,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.utils import secure_filename
 
+from appliance.auth import owner_namespace
 from appliance.errors import WorkflowError
 from appliance.jobs import (
     FINISHED_STATES,
@@ -38,7 +39,6 @@ from appliance.jobs import (
     Resources,
     model_name,
     new_job_id,
-    owner_namespace,
     read_progress,
 )
 from appliance.safetar import extract_archive

@@ -17,6 +17,7 @@ import fnmatch
 import ipaddress
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -114,6 +115,16 @@ class AuthSettings:
         return cls(**values)
 
 
+def owner_namespace(owner: str) -> str:
+    """An owner's model-name prefix: the one source of truth for whose a model is, in both services.
+
+    One-to-one and without dots, so the text before a model name's first dot names exactly one owner:
+    ``mario.rossi`` becomes ``mario-2erossi`` and can never meet ``mario``'s ``mario.*``. Letters, digits
+    and ``_`` stay; any other character becomes ``-`` and its code point in hex.
+    """
+    return re.sub(r"[^A-Za-z0-9_]", lambda m: f"-{ord(m.group()):x}", owner)
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is calling: ``sub`` is stable at the issuer; ``username`` names the user's jobs and models."""
@@ -122,6 +133,11 @@ class Identity:
     username: str
     groups: tuple[str, ...] = ()
     issuer: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        """The prefix of this user's model names (``<namespace>.<name>``)."""
+        return owner_namespace(self.username)
 
 
 class AuthError(Exception):
@@ -381,8 +397,9 @@ def current_identity() -> Identity | None:
 
 
 def owns(identity: Identity, name: str) -> bool:
-    """Names in a user's namespace: ``alice`` owns ``alice`` and ``alice.higgs``, not ``alicex.higgs``."""
-    return name == identity.username or name.startswith(identity.username + ".")
+    """Names in a user's namespace: ``alice`` owns ``alice`` and ``alice.higgs``, not ``alicex.higgs``;
+    ``mario`` does not own ``mario-2erossi.higgs`` (user ``mario.rossi``'s)."""
+    return name == identity.namespace or name.startswith(identity.namespace + ".")
 
 
 def require_owner(name: str) -> None:
@@ -392,7 +409,7 @@ def require_owner(name: str) -> None:
         return
     if not owns(identity, name):
         raise AuthError(
-            403, f"{name!r} is not in your namespace: use names starting with '{identity.username}.'"
+            403, f"{name!r} is not in your namespace: use names starting with '{identity.namespace}.'"
         )
 
 
@@ -422,6 +439,7 @@ __all__ = [
     "bearer_token",
     "current_identity",
     "install_auth",
+    "owner_namespace",
     "owns",
     "require_owner",
 ]

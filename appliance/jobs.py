@@ -47,6 +47,7 @@ from typing import Any
 from huey import Huey, RedisHuey, SqliteHuey
 
 import appliance
+from appliance.auth import owner_namespace
 from appliance.errors import WorkflowError
 from appliance.settings import Settings
 
@@ -155,14 +156,6 @@ def _number(value: float) -> str:
 
 
 # -- names ------------------------------------------------------------------------------------------------
-
-
-def owner_namespace(owner: str) -> str:
-    """An owner as a model-name prefix without dots, one-to-one: ``a.b`` + ``c`` never meets ``a`` + ``b.c``.
-
-    Letters, digits and ``_`` stay; any other character becomes ``-`` and its code point in hex.
-    """
-    return re.sub(r"[^A-Za-z0-9_]", lambda m: f"-{ord(m.group()):x}", owner)
 
 
 def model_name(owner: str, name: str) -> str:

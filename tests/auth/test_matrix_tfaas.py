@@ -135,3 +135,42 @@ def test_key_rotated_at_the_issuer(server, idp) -> None:
     time.sleep(JWKS_CACHE_S + 0.5)
     for method, path, arguments, _ in ENDPOINTS:
         assert call(server, method, path, before, arguments).status_code == 401, path
+
+
+def renamed(bundle, name: str, folder) -> object:
+    """A copy of ``bundle`` whose params.json declares ``name`` (TFaaS refuses a bundle named otherwise)."""
+    import shutil
+
+    copy = folder / name
+    shutil.copytree(bundle, copy)
+    params = json.loads((copy / "params.json").read_text())
+    (copy / "params.json").write_text(json.dumps({**params, "name": name}))
+    return copy
+
+
+def test_a_dotted_username_has_its_own_namespace(server, idp, bundle, tmp_path) -> None:
+    """``mario`` owns ``mario.*``; user ``mario.rossi``'s namespace is ``mario-2erossi``, out of his reach."""
+    from tests.auth.cases import GROUP
+    from tests.auth.idp import User
+
+    mario = idp.mint(User(sub="sub-mario", username="mario", groups=(GROUP,)), AUDIENCE)
+    rossi = idp.mint(User(sub="sub-mario-rossi", username="mario.rossi", groups=(GROUP,)), AUDIENCE)
+    gz = {"headers": {"Content-Type": "application/gzip"}}
+
+    def upload(token: str, name: str) -> requests.Response:
+        data = tar_of(renamed(bundle["alice.small"], name, tmp_path / token[-8:]), name)
+        return call(server, "POST", "/upload", token, {"data": data, **gz})
+
+    response = upload(rossi, "mario-2erossi.higgs")
+    assert response.status_code == 201, response.text
+    # The raw dotted name is mario's namespace, not mario.rossi's: the error names the right prefix.
+    response = upload(rossi, "mario.rossi.higgs")
+    assert response.status_code == 403 and "mario-2erossi." in response.json()["error"], response.text
+    # mario can neither overwrite (publish a version of) nor delete mario.rossi's model.
+    assert upload(mario, "mario-2erossi.higgs").status_code == 403
+    assert call(server, "DELETE", "/delete/mario-2erossi.higgs", mario, {}).status_code == 403
+    assert (server.repo / "mario-2erossi.higgs" / "1").is_dir()
+    assert not (server.repo / "mario-2erossi.higgs" / "2").exists()
+    assert upload(mario, "mario.higgs").status_code == 201
+    assert call(server, "DELETE", "/delete/mario.higgs", rossi, {}).status_code == 403
+    assert call(server, "DELETE", "/delete/mario-2erossi.higgs", rossi, {}).status_code == 200

@@ -308,3 +308,17 @@ def test_settings_from_a_mapping() -> None:
     assert settings.audiences == ("mlaas",)
     assert settings.owner_sub == "abc"
     assert AuthSettings.from_mapping(None) == AuthSettings()
+
+
+def test_model_namespaces_are_one_to_one() -> None:
+    """One function names a user's models in both services; a dotted username cannot reach another's."""
+    from appliance.auth import Identity, owner_namespace, owns
+    from appliance.jobs import model_name
+
+    mario, rossi = Identity("1", "mario"), Identity("2", "mario.rossi")
+    assert rossi.namespace == owner_namespace("mario.rossi") == "mario-2erossi"
+    assert model_name("mario.rossi", "higgs") == "mario-2erossi.higgs"
+    assert owns(rossi, model_name("mario.rossi", "higgs")) and not owns(mario, "mario-2erossi.higgs")
+    assert not owns(rossi, "mario.higgs") and owns(mario, "mario.higgs")
+    assert not owns(Identity("3", "alice"), "alicex.higgs")
+    assert len({owner_namespace(u) for u in ("a.b", "a_b", "a-b", "a-2eb", "a@b")}) == 5
