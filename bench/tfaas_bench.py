@@ -257,7 +257,11 @@ def run(args: argparse.Namespace, duration: float, connections: list[int], workd
         warm_up(url, single)
         results["floor"] = {c: wrk(url, single, c, duration) for c in connections}
 
-    for variant, env in (("tfaas", {}), ("tfaas, batching off", {"TFAAS_BATCHING": "false"})):
+    variants = (
+        ("tfaas", {}),
+        ("tfaas, batching on for NumPy-run models too", {"TFAAS_BATCHING_NUMPY_MODELS": "true"}),
+    )
+    for variant, env in variants:
         port = free_port()
         argv = [
             sys.executable,
@@ -352,7 +356,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, duration: float, c
         "| server | clients | req/s | ratio to floor | p50 ms | p99 ms | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    servers = ["floor", "tfaas", "tfaas, batching off", "mlflow"]
+    servers = ["floor", "tfaas", "tfaas, batching on for NumPy-run models too", "mlflow"]
     for server in servers:
         for c in connections:
             r = results.get(server, {}).get(c)

@@ -69,7 +69,8 @@ def to_matrix(values: Any, dim: int, max_rows: int, what: str = "values") -> tup
         raise WorkflowError(f"{what}: the model expects {dim} features per row, got {array.shape[1]}")
     if array.shape[0] > max_rows:
         raise WorkflowError(f"{what}: at most {max_rows} rows per request, got {array.shape[0]}")
-    matrix = np.asarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
+        matrix = np.asarray(array, dtype=np.float32)
     if not np.isfinite(matrix).all():
         raise WorkflowError(f"{what} must be finite numbers (no NaN or infinity, within float32 range)")
     return matrix, single
@@ -630,7 +631,7 @@ class ModelStore:
                 return model
             model = load_model(bundle, self.settings.numpy_engine, self.settings.tf_threads)
             batching = self.settings.batching
-            if batching.enabled:
+            if batching.enabled and (model.engine == "tensorflow" or batching.numpy_models):
                 model.batcher = Batcher(
                     model.run, batching.max_rows, batching.max_wait_ms / 1000, self.in_flight, self._on_batch
                 )

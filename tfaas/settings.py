@@ -35,6 +35,9 @@ class BatchingSettings:
     enabled: bool = True
     max_rows: int = 4096
     max_wait_ms: float = 2.0
+    # Models run by the NumPy engine cost tens of microseconds a call: gathering their requests costs more
+    # than it saves (measured in bench/results/tfaas.md), so by default only TensorFlow-run models batch.
+    numpy_models: bool = False
 
 
 @dataclass(frozen=True)
