@@ -6,9 +6,10 @@ scripts), or the OAuth2 device-code flow (for people: open the printed URL and e
 the two OAuth2 flows are cached (``~/.cache/mlaas4hep-client/tokens.json``, mode 0600) and refreshed.
 
     mlaas4hep-client token                      print a token, e.g. for curl
-    mlaas4hep-client submit workflow.json       upload the local files it names, then submit
-    mlaas4hep-client follow JOB                 print the job's progress until it ends
-    mlaas4hep-client download JOB [-o FILE]     the trained bundle
+    mlaas4hep-client submit workflow.json       upload the local files it names, then submit [--follow]
+    mlaas4hep-client follow JOB [--logs]        its progress until it ends (exit 1 unless it succeeded)
+    mlaas4hep-client download JOB [-o DIR]      the trained bundle (tar.gz) and its plots
+    mlaas4hep-client jobs [--state S] | cancel JOB
     mlaas4hep-client predict MODEL rows.csv     predictions from TFaaS (JSON or CSV rows)
     mlaas4hep-client models list | delete NAME
 """
@@ -23,12 +24,13 @@ import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 import requests
 from oauthlib.oauth2 import BackendApplicationClient, DeviceClient, OAuth2Error
@@ -39,11 +41,24 @@ DEFAULT_AUDIENCE = "mlaas4hep"
 DEFAULT_SCOPE = "openid profile wlcg.groups offline_access"
 ENV_PREFIX = "MLAAS4HEP_"
 EXPIRY_MARGIN_S = 60  # a token this close to expiry is renewed before use
-FINAL_STATES = frozenset({"finished", "succeeded", "failed", "cancelled", "canceled", "error"})
+SUCCEEDED = "succeeded"
+FINAL_STATES = frozenset({SUCCEEDED, "failed", "cancelled"})
+PLOTS = ("roc", "loss")
+# Workflow keys whose string value may name a local file (files: a list of inputs, one a line).
+FILE_KEYS = ("files", "labels", "model", "params", "preproc")
+DOWNLOAD_CHUNK = 1 << 20
 
 
 class ClientError(Exception):
     """Something the user must fix or know about; the command exits with status 2 and this message."""
+
+
+class HttpError(ClientError):
+    """A service answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -319,7 +334,9 @@ class Api:
         except requests.RequestException as err:
             raise ClientError(f"{method} {self.base}{path} failed: {err}") from None
         if response.status_code >= 400:
-            raise ClientError(f"{method} {path}: HTTP {response.status_code}: {_error_text(response)}")
+            raise HttpError(
+                response.status_code, f"{method} {path}: HTTP {response.status_code}: {_error_text(response)}"
+            )
         return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -383,9 +400,6 @@ def _is_header(row: Sequence[str]) -> bool:
     return False
 
 
-# -- commands --------------------------------------------------------------------------------------------
-
-
 def cmd_token(args: argparse.Namespace, tokens: TokenSource) -> int:
     print(tokens.bearer())
     return 0
@@ -408,6 +422,234 @@ def cmd_models_delete(args: argparse.Namespace, tokens: TokenSource) -> int:
     answer = Api(tokens.options.tfaas, "tfaas", tokens).json("DELETE", f"/delete/{args.name}", params=query)
     print(json.dumps(answer))
     return 0
+
+
+# -- workflows ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedWorkflow:
+    """A workflow request whose local files are renamed to their names in ``archive`` (empty: none local)."""
+
+    body: dict[str, Any]
+    archive: dict[str, Path]  # name in the upload -> local file
+
+
+def prepare_workflow(path: Path) -> PreparedWorkflow:
+    """Read a workflow JSON (the body of ``POST /jobs``; docs/server.md) and find the local files it names.
+
+    A string value of ``files``, ``labels``, ``model``, ``params`` or ``preproc`` that names an existing file
+    (relative to the workflow's folder) is uploaded; so is each entry of ``files`` (a list, or a local list
+    file, one entry a line) that is a local file. URLs and anything else go to the server unchanged: it
+    checks them (a label branch name, a ``redirector`` path, a file of an earlier ``upload``).
+    """
+    try:
+        body = json.loads(path.read_text())
+    except OSError as err:
+        raise ClientError(f"cannot read the workflow {str(path)!r}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise ClientError(f"the workflow {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise ClientError(f"the workflow {str(path)!r} must hold a JSON object")
+    base = path.resolve().parent
+    archive: dict[str, Path] = {}
+
+    def upload(value: str) -> str:
+        local = _local_file(base, value)
+        if local is None:
+            return value
+        name = _archive_name(base, local, len(archive))
+        archive.setdefault(name, local)
+        return name
+
+    files = body.get("files")
+    if isinstance(files, str) and _local_file(base, files) is not None:
+        files = _list_file_entries(_local_file(base, files))  # type: ignore[arg-type]
+    if isinstance(files, list):
+        body["files"] = [upload(entry) if isinstance(entry, str) else entry for entry in files]
+    for key in FILE_KEYS[1:]:
+        if isinstance(body.get(key), str):
+            body[key] = upload(body[key])
+    return PreparedWorkflow(body, archive)
+
+
+def _local_file(base: Path, value: str) -> Path | None:
+    if not value.strip() or "://" in value or "\n" in value:
+        return None
+    path = (base / value.strip()).resolve()
+    return path if path.is_file() else None
+
+
+def _archive_name(base: Path, local: Path, index: int) -> str:
+    """The workflow's folder is the upload's root; files outside it go to ``external/<n>/``."""
+    try:
+        return PurePosixPath(*local.relative_to(base).parts).as_posix()
+    except ValueError:
+        return f"external/{index}/{local.name}"
+
+
+def _list_file_entries(path: Path) -> list[str]:
+    lines = path.read_text(errors="replace").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def write_archive(files: Mapping[str, Path], out: IO[bytes]) -> None:
+    """A tar.gz of regular files only (what the server's safe extraction accepts)."""
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, path in files.items():
+            info = tar.gettarinfo(str(path), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
+            with path.open("rb") as data:
+                tar.addfile(info, data)
+
+
+def submit_workflow(api: Api, prepared: PreparedWorkflow) -> dict[str, Any]:
+    """Upload the local files (``POST /upload``, streamed from a temporary tar.gz), then ``POST /jobs``."""
+    body = dict(prepared.body)
+    if prepared.archive:
+        with tempfile.TemporaryFile() as archive:
+            write_archive(prepared.archive, archive)
+            archive.seek(0)
+            uploaded = api.json("POST", "/upload", data=archive, headers={"Content-Type": "application/gzip"})
+        body["upload"] = uploaded["upload"]
+    return api.json("POST", "/jobs", json=body)
+
+
+def describe_job(job: Mapping[str, Any]) -> str:
+    """One line on a job's state and progress, for people."""
+    progress = job.get("progress") or {}
+    parts = [f"{job.get('id', '?')} {job.get('state', '?')}"]
+    if progress.get("stage"):
+        parts.append(f"stage {progress['stage']}")
+    if progress.get("epochs"):
+        parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
+    if progress.get("events_read") is not None:
+        rate = progress.get("events_per_s")
+        parts.append(f"{progress['events_read']} events" + (f" ({rate:.0f}/s)" if rate else ""))
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.4g}")
+    if job.get("error"):
+        parts.append(f"error: {job['error']}")
+    return ", ".join(parts)
+
+
+def follow_job(
+    api: Api,
+    job_id: str,
+    interval_s: float = 2.0,
+    logs: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Poll ``GET /jobs/<id>`` until the job ends, saying each new progress line (and log text); the job."""
+    last = None
+    offset = 0
+    while True:
+        job = api.json("GET", f"/jobs/{job_id}")
+        if logs:
+            response = api.request("GET", f"/jobs/{job_id}/logs", params={"offset": offset})
+            if response.content:
+                say(response.content.decode(errors="replace").rstrip("\n"))
+            offset = int(response.headers.get("X-Log-Offset", offset + len(response.content)))
+        line = describe_job(job)
+        if line != last:
+            say(line)
+            last = line
+        if job.get("state") in FINAL_STATES:
+            return job
+        time.sleep(interval_s)
+
+
+def download_results(api: Api, job_id: str, folder: Path, plots: bool = True) -> list[Path]:
+    """The job's bundle as ``<model name>.tar.gz`` and its plots, written whole or not at all."""
+    job = api.json("GET", f"/jobs/{job_id}")
+    if job.get("state") != SUCCEEDED:
+        raise ClientError(f"job {job_id} is {job.get('state')}: only a succeeded job has a model to download")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = _safe_file_name(str(job.get("model_name") or job_id))
+    written = [_download(api, f"/jobs/{job_id}/model", folder / f"{name}.tar.gz")]
+    if plots:
+        for plot in PLOTS:
+            target = folder / f"{name}.{plot}.png"
+            try:
+                written.append(_download(api, f"/jobs/{job_id}/plots/{plot}.png", target))
+            except HttpError as err:
+                if err.status != 404:  # a job may make no plot of a kind (no loss curve without epochs)
+                    raise
+    return written
+
+
+def _safe_file_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".")
+    return cleaned or "model"
+
+
+def _download(api: Api, path: str, target: Path) -> Path:
+    response = api.request("GET", path, stream=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                out.write(chunk)
+        Path(temporary).chmod(0o644)
+        Path(temporary).replace(target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        response.close()
+    return target
+
+
+# -- commands --------------------------------------------------------------------------------------------
+
+
+def _server(tokens: TokenSource) -> Api:
+    return Api(tokens.options.server, "server", tokens)
+
+
+def _exit_status(job: Mapping[str, Any]) -> int:
+    return 0 if job.get("state") == SUCCEEDED else 1
+
+
+def cmd_submit(args: argparse.Namespace, tokens: TokenSource) -> int:
+    prepared = prepare_workflow(Path(args.workflow))
+    if args.name:
+        prepared.body["name"] = args.name
+    api = _server(tokens)
+    job = submit_workflow(api, prepared)
+    print(json.dumps(job))
+    if not args.follow:
+        return 0
+    return _exit_status(follow_job(api, job["id"], args.interval, args.logs, say=_stderr))
+
+
+def cmd_follow(args: argparse.Namespace, tokens: TokenSource) -> int:
+    job = follow_job(_server(tokens), args.job, args.interval, args.logs)
+    return _exit_status(job)
+
+
+def cmd_download(args: argparse.Namespace, tokens: TokenSource) -> int:
+    for path in download_results(_server(tokens), args.job, Path(args.output), plots=not args.no_plots):
+        print(path)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, tokens: TokenSource) -> int:
+    query = {"state": args.state} if args.state else None
+    for job in _server(tokens).json("GET", "/jobs", params=query)["jobs"]:
+        print(f"{describe_job(job)}  {job.get('model_name', '')}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, tokens: TokenSource) -> int:
+    print(describe_job(_server(tokens).json("DELETE", f"/jobs/{args.job}")))
+    return 0
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -443,6 +685,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("token", help="print a bearer token").set_defaults(run=cmd_token)
+
+    submit = commands.add_parser("submit", help="upload a workflow's local files and submit it")
+    submit.add_argument("workflow", help="JSON workflow (docs/server.md); local files it names are uploaded")
+    submit.add_argument("--name", help="the model's name (overrides the workflow's)")
+    submit.add_argument("--follow", action="store_true", help="then follow the job until it ends")
+    follow = commands.add_parser(
+        "follow", help="print a job's progress until it ends; exit 1 unless it succeeded"
+    )
+    follow.add_argument("job")
+    for command in (submit, follow):
+        command.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+        command.add_argument("--logs", action="store_true", help="print the job's log as it grows")
+    submit.set_defaults(run=cmd_submit)
+    follow.set_defaults(run=cmd_follow)
+
+    download = commands.add_parser("download", help="a succeeded job's bundle (tar.gz) and plots")
+    download.add_argument("job")
+    download.add_argument("-o", "--output", default=".", help="folder to write into (default: here)")
+    download.add_argument("--no-plots", action="store_true")
+    download.set_defaults(run=cmd_download)
+
+    jobs = commands.add_parser("jobs", help="your jobs, newest first")
+    jobs.add_argument("--state", choices=["queued", "running", *sorted(FINAL_STATES)])
+    jobs.set_defaults(run=cmd_jobs)
+    cancel = commands.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job")
+    cancel.set_defaults(run=cmd_cancel)
 
     predict = commands.add_parser("predict", help="predictions from TFaaS for rows in a JSON or CSV file")
     predict.add_argument("model")
