@@ -350,6 +350,15 @@ def report(results: dict[str, Any], args: argparse.Namespace, duration: float, c
         f"{args.threads} threads for the floor and TFaaS. Host: {platform.node()}, {os.cpu_count()} CPUs, "
         f"load average at the end {os.getloadavg()[0]:.2f}. Run: {time.strftime('%Y-%m-%d %H:%M %Z')}.",
         "Every ratio is against a baseline measured in this same run.",
+        *(
+            [
+                "",
+                "**Smoke run** (short points, shared CPU): the figures are noisy; take final ones on a quiet machine "
+                "with the default 10 s points.",
+            ]
+            if duration < 10
+            else []
+        ),
         "",
         "## Single-row `/json`",
         "",
