@@ -354,8 +354,8 @@ def _original_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
                     f"unsupported content type {request.mimetype!r}: send multipart/form-data "
                     "or a (gzipped) tar bundle",
                 )
+            require_owner(name)  # before loading the model: a refusal costs nothing
             _check_bundle(name, bundle_dir)
-            require_owner(name)
             _, version = store.repository.publish(bundle_dir, name)
         store.refresh(force=True)
         return _json({"model": name, "version": version}, status=201)
