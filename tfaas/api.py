@@ -49,8 +49,22 @@ TAR_TYPES = frozenset(
     {"application/x-tar", "application/gzip", "application/x-gzip", "application/x-gtar",
      "application/x-compressed-tar", "application/octet-stream"}
 )  # fmt: skip
-KSERVE_NUMERIC = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
-                            "UINT32", "UINT64"})  # fmt: skip
+KSERVE_DTYPES = {
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+}
+KSERVE_NUMERIC = frozenset(KSERVE_DTYPES)
+# KServe v2 binary data extension (Triton): the JSON header's length; the tensors' raw bytes follow it.
+BINARY_HEADER = "Inference-Header-Content-Length"
 
 
 class ApiError(Exception):
@@ -581,38 +595,69 @@ def _kserve_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
     @bp.post("/v2/models/<name>/infer")
     @bp.post("/v2/models/<name>/versions/<version>/infer")
     def infer(name: str, version: str | None = None) -> Response:
-        body = _json_body()
+        body, binary = _kserve_body()
         store.enter()
         try:
             model = store.get(name, _version(version))
-            matrix = _kserve_inputs(model, body.get("inputs"), settings.max_batch_rows)
-            for wanted in body.get("outputs") or []:
-                if not isinstance(wanted, dict) or wanted.get("name") != model.output_name:
-                    raise WorkflowError(f"model {name!r} has one output, {model.output_name!r}")
-            result = model.predict(matrix)
+            matrix = _kserve_inputs(model, body.get("inputs"), settings.max_batch_rows, binary)
+            binary_output = _wants_binary(body, model.output_name, name)
+            result = np.ascontiguousarray(model.predict(matrix), dtype="<f4")
         finally:
             store.leave()
-        response: dict[str, Any] = {
-            "model_name": name,
-            "model_version": str(model.bundle.version),
-            "outputs": [
-                {
-                    "name": model.output_name,
-                    "datatype": "FP32",
-                    "shape": list(result.shape),
-                    "data": np.ascontiguousarray(result).ravel(),
-                }
-            ],
-        }
+        output: dict[str, Any] = {"name": model.output_name, "datatype": "FP32", "shape": list(result.shape)}
+        response: dict[str, Any] = {"model_name": name, "model_version": str(model.bundle.version)}
         if "id" in body:
             response["id"] = body["id"]
-        return _json(response)
+        if not binary_output:
+            return _json({**response, "outputs": [{**output, "data": result.ravel()}]})
+        data = result.tobytes()
+        output["parameters"] = {"binary_data_size": len(data)}
+        header = _dumps({**response, "outputs": [output]})
+        answer = Response(header + data, mimetype="application/octet-stream")
+        answer.headers[BINARY_HEADER] = str(len(header))
+        return answer
 
 
-def _kserve_inputs(model: LoadedModel, inputs: Any, max_rows: int) -> np.ndarray:
+def _kserve_body() -> tuple[dict[str, Any], memoryview | None]:
+    """The JSON inference request, and the tensors' bytes when the binary data extension is used."""
+    header_length = request.headers.get(BINARY_HEADER)
+    if header_length is None:
+        return _json_body(), None
+    if request.mimetype not in JSON_TYPES and request.mimetype != "application/octet-stream":
+        raise ApiError(415, f"unsupported content type {request.mimetype!r}: send application/octet-stream")
+    raw = request.get_data(cache=False)
+    try:
+        length = int(header_length)
+        if not 0 < length <= len(raw):
+            raise ValueError(header_length)
+        body = orjson.loads(raw[:length])
+    except ValueError as err:
+        raise ApiError(400, f"bad {BINARY_HEADER} or inference header: {err}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the inference header must be a JSON object")
+    return body, memoryview(raw)[length:]
+
+
+def _wants_binary(body: Mapping[str, Any], output_name: str, name: str) -> bool:
+    """Binary output is asked for per output (``binary_data``) or for all (``binary_data_output``)."""
+    parameters = body.get("parameters")
+    binary = isinstance(parameters, dict) and parameters.get("binary_data_output") is True
+    for wanted in body.get("outputs") or []:
+        if not isinstance(wanted, dict) or wanted.get("name") != output_name:
+            raise WorkflowError(f"model {name!r} has one output, {output_name!r}")
+        wanted_parameters = wanted.get("parameters")
+        if isinstance(wanted_parameters, dict) and "binary_data" in wanted_parameters:
+            binary = wanted_parameters["binary_data"] is True
+    return binary
+
+
+def _kserve_inputs(
+    model: LoadedModel, inputs: Any, max_rows: int, binary: memoryview | None = None
+) -> np.ndarray:
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise WorkflowError("inputs must be a non-empty list of tensors {name, shape, datatype, data}")
     tensors = {}
+    offset = 0
     for tensor in inputs:
         name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
         if not isinstance(name, str):
@@ -621,6 +666,13 @@ def _kserve_inputs(model: LoadedModel, inputs: Any, max_rows: int) -> np.ndarray
             raise WorkflowError(f"input {name!r}: datatype must be numeric (FP32, ...), got {datatype!r}")
         if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
             raise WorkflowError(f"input {name!r}: shape must be a list of sizes")
+        parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
+        if "binary_data_size" in parameters:
+            array, offset = _binary_tensor(
+                name, shape, datatype, parameters["binary_data_size"], binary, offset
+            )
+            tensors[name] = array
+            continue
         values = tensor.get("data")
         if not isinstance(values, list):
             raise WorkflowError(f"input {name!r}: data must be a list of numbers")
@@ -633,6 +685,8 @@ def _kserve_inputs(model: LoadedModel, inputs: Any, max_rows: int) -> np.ndarray
                 f"input {name!r}: data must hold {int(np.prod(shape))} numbers for shape {shape}"
             )
         tensors[name] = array.reshape(shape)
+    if binary is not None and offset != len(binary):
+        raise WorkflowError(f"the request carries {len(binary) - offset} bytes that no input claims")
     if model.input_name in tensors or (len(tensors) == 1 and model.features is None):
         (array,) = [tensors[model.input_name]] if model.input_name in tensors else tensors.values()
         if array.ndim != 2:
@@ -642,6 +696,22 @@ def _kserve_inputs(model: LoadedModel, inputs: Any, max_rows: int) -> np.ndarray
         if array.ndim != 1:
             raise WorkflowError(f"raw branch {name!r} must have shape [events] (lists need the JSON APIs)")
     return _raw_matrix(model, tensors, max_rows)
+
+
+def _binary_tensor(
+    name: str, shape: list[int], datatype: str, size: Any, binary: memoryview | None, offset: int
+) -> tuple[np.ndarray, int]:
+    """One input of the binary data extension: little-endian values, in the inputs' order."""
+    if binary is None:
+        raise WorkflowError(f"input {name!r} declares binary data but the request has no {BINARY_HEADER}")
+    dtype = np.dtype(KSERVE_DTYPES[datatype])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if not isinstance(size, int) or size != expected or offset + size > len(binary):
+        raise WorkflowError(
+            f"input {name!r}: binary_data_size must be {expected} bytes for {datatype} {shape}, "
+            f"and present in the body"
+        )
+    return np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape), offset + size
 
 
 # -- service endpoints: status, metrics, OpenAPI -----------------------------------------------------------

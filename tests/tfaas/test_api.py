@@ -346,3 +346,65 @@ def test_openapi_documents_every_route(server: TfaasServer) -> None:
         methods = (rule.methods or set()) - {"HEAD", "OPTIONS"}
         assert path in document["paths"], path
         assert {m.lower() for m in methods} <= set(document["paths"][path]), path
+
+
+# -- KServe v2 binary data extension (what Triton's clients send for large tensors) --
+
+
+def binary_request(header: dict, *tensors: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(header).encode()
+    return head + b"".join(t.tobytes() for t in tensors), {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def test_kserve_binary_inputs_and_outputs(server: TfaasServer, expected: dict) -> None:
+    rows = ROWS4.astype("<f4")
+    tensor = {
+        "name": "inputs",
+        "shape": [5, 4],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": rows.nbytes},
+    }
+    header = {"inputs": [tensor], "outputs": [{"name": "outputs", "parameters": {"binary_data": True}}]}
+    data, headers = binary_request(header, rows)
+    response = server.post("/v2/models/small/infer", data=data, headers=headers)
+    assert response.status_code == 200, response.text
+    length = int(response.headers["Inference-Header-Content-Length"])
+    answer = json.loads(response.content[:length])
+    (output,) = answer["outputs"]
+    assert output["shape"] == [5, 2] and output["parameters"]["binary_data_size"] == 40
+    values = np.frombuffer(response.content[length:], dtype="<f4").reshape(output["shape"])
+    assert close(values, expected["small"])
+    # binary in, JSON out; FP64 inputs
+    header64 = {"inputs": [dict(header["inputs"][0], datatype="FP64", parameters={"binary_data_size": 160})]}
+    data, headers = binary_request(header64, ROWS4.astype("<f8"))
+    plain = server.post("/v2/models/small/infer", data=data, headers=headers)
+    assert close(np.reshape(plain.json()["outputs"][0]["data"], (5, 2)), expected["small"])
+
+
+@pytest.mark.parametrize(
+    ("size", "extra", "length", "message"),
+    [
+        (79, b"", None, "binary_data_size must be 80"),
+        (80, b"\0" * 4, None, "no input claims"),
+        (80, b"", "9999999", "Inference-Header-Content-Length"),
+        (80, b"", "x", "Inference-Header-Content-Length"),
+    ],
+    ids=["wrong-size", "trailing-bytes", "header-too-long", "header-not-a-number"],
+)
+def test_kserve_binary_errors(
+    server: TfaasServer, size: int, extra: bytes, length: str | None, message: str
+) -> None:
+    header = {
+        "inputs": [
+            {"name": "inputs", "shape": [5, 4], "datatype": "FP32", "parameters": {"binary_data_size": size}}
+        ]
+    }
+    data, headers = binary_request(header, ROWS4.astype("<f4"))
+    if length is not None:
+        headers["Inference-Header-Content-Length"] = length
+    response = server.post("/v2/models/small/infer", data=data + extra, headers=headers)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
