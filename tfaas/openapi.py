@@ -158,7 +158,18 @@ def _operations() -> list[tuple[str, str, dict[str, Any]]]:
     }
     infer = {
         "summary": "KServe v2 inference",
-        "requestBody": _json_body("KServeInfer"),
+        "description": "With the binary data extension the body is application/octet-stream: the JSON "
+        "header (Inference-Header-Content-Length bytes), then each input's raw little-endian values.",
+        "parameters": [
+            {"name": "Inference-Header-Content-Length", "in": "header", "schema": {"type": "integer"}}
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                **_json_body("KServeInfer")["content"],
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
         "responses": {**_ok("outputs"), "400": ERROR, "404": NOT_FOUND},
     }
     v2_meta = {
@@ -217,8 +228,12 @@ def _operations() -> list[tuple[str, str, dict[str, Any]]]:
         ("/v2/models/{name}/versions/{version}", "get", {**v2_meta, "parameters": with_version}),
         ("/v2/models/{name}/ready", "get", {**v2_ready, "parameters": with_name}),
         ("/v2/models/{name}/versions/{version}/ready", "get", {**v2_ready, "parameters": with_version}),
-        ("/v2/models/{name}/infer", "post", {**infer, "parameters": with_name}),
-        ("/v2/models/{name}/versions/{version}/infer", "post", {**infer, "parameters": with_version}),
+        ("/v2/models/{name}/infer", "post", {**infer, "parameters": [*infer["parameters"], *with_name]}),
+        (
+            "/v2/models/{name}/versions/{version}/infer",
+            "post",
+            {**infer, "parameters": [*infer["parameters"], *with_version]},
+        ),
         (
             "/metrics",
             "get",

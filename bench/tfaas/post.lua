@@ -1,9 +1,13 @@
--- wrk script: POST the file named by $WRK_BODY as JSON; print latency percentiles as one JSON line.
+-- wrk script: POST the file named by $WRK_BODY (JSON, or a KServe binary request); print a JSON summary line.
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
+local binary_header = os.getenv("WRK_INFERENCE_HEADER_LENGTH")
+if binary_header then
+  wrk.headers["Inference-Header-Content-Length"] = binary_header
+end
 
 function done(summary, latency, requests)
   io.write(string.format(
