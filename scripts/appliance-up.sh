@@ -75,9 +75,9 @@ ansible-playbook -i "$work/inventory.yml" playbooks/site.yml
 echo "site.yml took $(($(date +%s) - start)) s"
 
 step "demo workflow: root:// files through the XRootD proxy, POST /jobs, then a TFaaS prediction"
-scp -q -P "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+scp -q -P "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
   molecule/default/e2e.py "root@127.0.0.1:/root/mlaas4hep-e2e.py"
-ssh -p "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+ssh -p "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
   root@127.0.0.1 /opt/mlaas4hep/venv/bin/python /root/mlaas4hep-e2e.py --name demo.higgs \
   --origin-dir /srv/origin/store/molecule --data-url "root://127.0.0.1:$PROXY_PORT//store/molecule" \
   --api "http://127.0.0.1:$API_PORT" --tfaas "http://127.0.0.1:$TFAAS_PORT"
