@@ -100,7 +100,7 @@ def write_bundle(
     destination = Path(destination).absolute()
     check_output_directory(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    staging = staging_directory(destination.parent, f".{destination.name}.")
     try:
         export_saved_model(model, staging, int(features["dim"]))
         _write_json(staging / "params.json", params_document(name, features))
@@ -113,6 +113,26 @@ def write_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destination
+
+
+def staging_directory(parent: Path, prefix: str) -> Path:
+    """A fresh directory to build in before the rename, with the permissions of a plain ``mkdir``.
+
+    ``mkdtemp`` always makes 0700; renamed into a shared model repository that would hide the bundle from
+    TFaaS, which runs as another user of the repository's group.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o777 & ~_current_umask())
+    return path
+
+
+def _current_umask() -> int:
+    # os.umask() can only be read by setting it, which races with other threads; Linux reports it here.
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def check_output_directory(destination: Path) -> None:
@@ -160,9 +180,10 @@ def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path
     incoming_root.mkdir(parents=True, exist_ok=True)
     model_dir = repository / name
     model_dir.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="bundle-", dir=incoming_root))
+    staging = staging_directory(incoming_root, "bundle-")
     try:
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        staging.chmod(0o777 & ~_current_umask())  # copytree copied the source's mode onto it
         params = json.loads((staging / "params.json").read_text())
         for _ in range(PUBLISH_ATTEMPTS):
             version = next_version(model_dir)

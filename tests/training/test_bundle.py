@@ -117,3 +117,17 @@ def test_output_directory_with_other_files_is_refused_but_an_earlier_bundle_is_n
     (tmp_path / "file").write_text("x")
     with pytest.raises(WorkflowError, match="not a directory"):
         check_output_directory(tmp_path / "file")
+
+
+def test_a_published_version_is_readable_by_the_repository_group(tmp_path):
+    """TFaaS runs as another user of the models group: a version folder must not keep mkdtemp's 0700."""
+    import os
+
+    source = fake_bundle(tmp_path / "b", "x")
+    source.chmod(0o700)  # as a bundle built in a mkdtemp directory
+    old = os.umask(0o007)  # what the appliance's units set
+    try:
+        published, _ = publish(source, tmp_path / "models", "alice.higgs")
+    finally:
+        os.umask(old)
+    assert published.stat().st_mode & 0o777 == 0o770
