@@ -91,11 +91,11 @@ class ModelRepository:
     @staticmethod
     def _version_dirs(model_dir: Path) -> dict[int, Path]:
         versions: dict[int, Path] = {}
-        if (model_dir / SAVED_MODEL).is_file():
+        if _servable(model_dir):
             versions[1] = model_dir  # an original-style bundle is version 1
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError):
             for entry in model_dir.iterdir():
-                if entry.name.isdigit() and int(entry.name) > 0 and (entry / SAVED_MODEL).is_file():
+                if entry.name.isdigit() and int(entry.name) > 0 and _servable(entry):
                     versions[int(entry.name)] = entry
         return versions
 
@@ -163,13 +163,22 @@ def read_bundle(name: str, version: int, path: Path, fingerprint: tuple[Any, ...
     return Bundle(name, version, path, params, labels, fingerprint or _fingerprint(path) or ())
 
 
+def _servable(path: Path) -> bool:
+    """A readable SavedModel is there; an unreadable bundle (wrong owner or mode) is skipped, not a 500."""
+    try:
+        return (path / SAVED_MODEL).is_file()
+    except PermissionError:
+        log.warning("skipping %s: not readable by this service", path)
+        return False
+
+
 def _fingerprint(path: Path) -> tuple[Any, ...] | None:
     """Identity and timestamps of the files that make a bundle; None if it vanished meanwhile."""
     parts: list[Any] = []
     for relative in FINGERPRINT_FILES:
         try:
             st = (path / relative).stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
             if relative == SAVED_MODEL:
                 return None
             parts.append(None)
