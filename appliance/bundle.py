@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -122,8 +123,15 @@ def staging_directory(parent: Path, prefix: str) -> Path:
     TFaaS, which runs as another user of the repository's group.
     """
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.chmod(0o777 & ~_current_umask())
+    path.chmod(_directory_mode(parent))
     return path
+
+
+def _directory_mode(parent: Path) -> int:
+    """What ``mkdir`` in ``parent`` would give: the umask applied, and the setgid bit of a shared group
+    directory kept, so that files created inside belong to the repository's group."""
+    inherited = parent.stat().st_mode & stat.S_ISGID
+    return (0o777 & ~_current_umask()) | inherited
 
 
 def _current_umask() -> int:
@@ -183,7 +191,7 @@ def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path
     staging = staging_directory(incoming_root, "bundle-")
     try:
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
-        staging.chmod(0o777 & ~_current_umask())  # copytree copied the source's mode onto it
+        staging.chmod(_directory_mode(incoming_root))  # copytree copied the source's mode onto it
         params = json.loads((staging / "params.json").read_text())
         for _ in range(PUBLISH_ATTEMPTS):
             version = next_version(model_dir)

@@ -125,9 +125,15 @@ def test_a_published_version_is_readable_by_the_repository_group(tmp_path):
 
     source = fake_bundle(tmp_path / "b", "x")
     source.chmod(0o700)  # as a bundle built in a mkdtemp directory
+    repo = tmp_path / "models"
+    repo.mkdir()
+    os.chown(repo, -1, 65534)  # a shared group, as the role sets up (mlaas4hep-models)
+    repo.chmod(0o2770)
     old = os.umask(0o007)  # what the appliance's units set
     try:
-        published, _ = publish(source, tmp_path / "models", "alice.higgs")
+        published, _ = publish(source, repo, "alice.higgs")
     finally:
         os.umask(old)
-    assert published.stat().st_mode & 0o777 == 0o770
+    assert published.stat().st_mode & 0o7777 == 0o2770
+    for path in [published, *published.rglob("*")]:
+        assert path.stat().st_gid == 65534, path  # readable through the group by TFaaS
