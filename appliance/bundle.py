@@ -17,8 +17,8 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
-import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -117,21 +117,21 @@ def write_bundle(
 
 
 def staging_directory(parent: Path, prefix: str) -> Path:
-    """A fresh directory to build in before the rename, with the permissions of a plain ``mkdir``.
+    """A fresh directory to build in before the rename, made as a plain ``mkdir`` would make it.
 
-    ``mkdtemp`` always makes 0700; renamed into a shared model repository that would hide the bundle from
-    TFaaS, which runs as another user of the repository's group.
+    Not ``mkdtemp``, which always makes 0700: renamed into the shared model repository that would hide the
+    bundle from TFaaS, which runs as another user of the repository's group. ``mkdir`` applies the umask and
+    lets the kernel pass on the setgid bit of the repository, so files inside belong to its group; no chmod
+    of that bit is needed (the services' units forbid it with RestrictSUIDSGID).
     """
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.chmod(_directory_mode(parent))
-    return path
-
-
-def _directory_mode(parent: Path) -> int:
-    """What ``mkdir`` in ``parent`` would give: the umask applied, and the setgid bit of a shared group
-    directory kept, so that files created inside belong to the repository's group."""
-    inherited = parent.stat().st_mode & stat.S_ISGID
-    return (0o777 & ~_current_umask()) | inherited
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free staging directory name in {parent}")
 
 
 def _current_umask() -> int:
@@ -191,7 +191,7 @@ def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path
     staging = staging_directory(incoming_root, "bundle-")
     try:
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
-        staging.chmod(_directory_mode(incoming_root))  # copytree copied the source's mode onto it
+        staging.chmod(0o777 & ~_current_umask())  # copytree copied the source's mode onto it
         params = json.loads((staging / "params.json").read_text())
         for _ in range(PUBLISH_ATTEMPTS):
             version = next_version(model_dir)

@@ -134,6 +134,6 @@ def test_a_published_version_is_readable_by_the_repository_group(tmp_path):
         published, _ = publish(source, repo, "alice.higgs")
     finally:
         os.umask(old)
-    assert published.stat().st_mode & 0o7777 == 0o2770
+    assert published.stat().st_mode & 0o777 == 0o770
     for path in [published, *published.rglob("*")]:
         assert path.stat().st_gid == 65534, path  # readable through the group by TFaaS
