@@ -10,9 +10,9 @@ done
   echo "# Benchmark results"
   echo
   echo "Each figure is a ratio against a baseline measured in the same run, on the machine named in its section."
-  echo "Regenerate with \`bash bench/run_all.sh\` (provisioning times come from the Molecule scenario)."
+  echo "Regenerate with \`bash bench/run_all.sh\` (provisioning times come from \`bench/provisioning_bench.py\`)."
   for part in streaming training tfaas provisioning; do
-    [[ -f bench/results/$part.md ]] && { echo; cat "bench/results/$part.md"; }
+    [[ -f bench/results/$part.md ]] && { echo; sed "s/^#/##/" "bench/results/$part.md"; }
   done
 } > bench/RESULTS.md
 echo "wrote bench/RESULTS.md"

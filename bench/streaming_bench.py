@@ -88,7 +88,7 @@ def main() -> None:
             assert events_o == events_p == args.events
 
     rate = {k: args.events / v for k, v in {"raw": secs_r, "stream": secs_s, "origin": secs_o, "proxy": secs_p}.items()}
-    text = f"""## Streaming layer (issue 2)
+    text = f"""# Streaming layer (issue 2)
 
 Machine: {platform.node()}, {platform.processor() or platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()},
 uproot {uproot.__version__}. Data: {args.events} events in two generated files, 20 flat + 40 jagged branches
