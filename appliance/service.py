@@ -9,8 +9,7 @@ import argparse
 import logging
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
+from appliance.gunicorn_server import GthreadServer, gthread_options
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,35 +24,24 @@ def load_settings(args: argparse.Namespace) -> Settings:
     )
 
 
-class ApiServer(BaseApplication):
-    """gunicorn with the gthread worker, configured from :class:`Settings`; each worker builds its own app."""
+def api_server(settings: Settings) -> GthreadServer:
+    """The API under gunicorn; each worker builds its own app from the settings."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        super().__init__()
-
-    def load_config(self) -> None:
-        s = self.settings
-        options: dict[str, Any] = {
-            "bind": f"{s.host}:{s.port}",
-            "workers": s.workers,
-            "worker_class": "gthread",
-            "threads": s.threads,
-            "timeout": s.timeout_s,
-            "graceful_timeout": 10,
-            "keepalive": 5,
-            "loglevel": s.log_level,
-            "proc_name": "mlaas4hep-api",
-            # The default control socket is one path per user: a second server would take it over.
-            "control_socket_disable": True,
-        }
-        for key, value in options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Any:
+    def factory() -> Any:
         from appliance.api import create_app
 
-        return create_app(self.settings)
+        return create_app(settings)
+
+    options = gthread_options(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        threads=settings.threads,
+        timeout_s=settings.timeout_s,
+        log_level=settings.log_level,
+        proc_name="mlaas4hep-api",
+    )
+    return GthreadServer(factory, options)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -61,7 +49,7 @@ def serve(args: argparse.Namespace) -> int:
     _configure_logging(settings)
     for directory in (settings.jobs_dir, settings.uploads_dir, settings.model_repository):
         directory.mkdir(parents=True, exist_ok=True)
-    ApiServer(settings).run()
+    api_server(settings).run()
     return 0
 
 

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
 from appliance.errors import WorkflowError
+from appliance.gunicorn_server import GthreadServer, gthread_options
 from tfaas.settings import MULTIPROC_ENV, Settings
 
 # One BLAS/OpenMP thread per worker: gunicorn's worker processes are the parallelism, and idle BLAS threads
@@ -22,38 +21,28 @@ from tfaas.settings import MULTIPROC_ENV, Settings
 THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-class TfaasServer(BaseApplication):
-    """gunicorn with the gthread worker, configured from :class:`Settings`; each worker builds its own app."""
+def tfaas_server(settings: Settings) -> GthreadServer:
+    """TFaaS under gunicorn; each worker builds its own app from the settings."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        super().__init__()
-
-    def load_config(self) -> None:
-        s = self.settings
-        options: dict[str, Any] = {
-            "bind": f"{s.host}:{s.port}",
-            "workers": s.workers,
-            "worker_class": "gthread",
-            "threads": s.threads,
-            "timeout": s.timeout_s,
-            "graceful_timeout": 10,
-            "keepalive": 5,
-            "loglevel": s.log_level,
-            "proc_name": "tfaas",
-            "child_exit": _child_exit,
-            # The default control socket is one path per user: a second server would take it over.
-            "control_socket_disable": True,
-        }
-        if s.tls_cert:
-            options["certfile"], options["keyfile"] = s.tls_cert, s.tls_key
-        for key, value in options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Any:
+    def factory() -> Any:
         from tfaas.api import create_app
 
-        return create_app(self.settings)
+        return create_app(settings)
+
+    extra: dict[str, Any] = {"child_exit": _child_exit}
+    if settings.tls_cert:
+        extra["certfile"], extra["keyfile"] = settings.tls_cert, settings.tls_key
+    options = gthread_options(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        threads=settings.threads,
+        timeout_s=settings.timeout_s,
+        log_level=settings.log_level,
+        proc_name="tfaas",
+        **extra,
+    )
+    return GthreadServer(factory, options)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
@@ -103,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_dir.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     try:
-        TfaasServer(settings).run()
+        tfaas_server(settings).run()
     finally:
         if own_metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
