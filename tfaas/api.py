@@ -27,6 +27,7 @@ from appliance.bundle import check_name
 from appliance.errors import WorkflowError
 from appliance.safetar import extract_archive
 from tfaas import proto
+from tfaas.fast_json import ValuesDecoder
 from tfaas.metrics import Metrics
 from tfaas.openapi import openapi_document
 from tfaas.predictor import LoadedModel, ModelStore, load_model, to_matrix
@@ -116,6 +117,7 @@ class JsonFastLane:
         self._store = store
         self._settings = settings
         self._metrics = metrics
+        self._decoder = ValuesDecoder()
         self._paths = {f"{settings.base}/json": "json", f"{settings.base}/predict/json": "predict_json"}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -142,19 +144,18 @@ class JsonFastLane:
         return [payload]
 
     def _answer(self, body: bytes) -> bytes | None:
+        decoded = self._decoder.decode(body)
+        if decoded is None:
+            return None
         try:
-            request_body = orjson.loads(body)
-            name, values = request_body["model"], request_body["values"]
-            if not isinstance(name, str) or "raw" in request_body or "events" in request_body:
-                return None
-            version = _version(request_body.get("version"))
-        except (ValueError, TypeError, KeyError, ApiError):
+            version = _version(decoded.version)
+        except ApiError:
             return None
         store = self._store
         store.enter()
         try:
-            model = store.get(name, version)
-            matrix, single = to_matrix(values, model.dim, self._settings.max_batch_rows)
+            model = store.get(decoded.model, version)
+            matrix, single = to_matrix(decoded.values, model.dim, self._settings.max_batch_rows)
             result = model.predict(matrix)
         except Exception:  # the Flask view repeats the request and answers the error properly
             return None

@@ -12,6 +12,7 @@ import pytest
 from tests.tfaas.bundles import reference_predict
 from tests.tfaas.server import TfaasServer
 from tfaas import proto
+from tfaas.fast_json import SMALL_BODY_BYTES
 
 RNG = np.random.default_rng(7)
 ROWS4 = RNG.normal(size=(5, 4)).round(4)
@@ -269,6 +270,23 @@ def test_bad_json_requests(
     assert response.headers["Content-Type"] == "application/json"
     assert message in response.json()["error"]
     assert "Traceback" not in response.text
+
+
+LARGE_BAD_JSON = [case for case in BAD_JSON if case[1] == "/json"] + [
+    ("nested rows", "/json", {"model": "small", "values": [[1, 2, 3, [4]], ROW]}, 400, "numbers"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "path", "body", "status", "message"), LARGE_BAD_JSON, ids=[c[0] for c in LARGE_BAD_JSON]
+)
+def test_large_bad_json_requests(
+    server: TfaasServer, case: str, path: str, body: dict, status: int, message: str
+) -> None:
+    """The same answers when the body is large enough for the fast lane's simdjson decoder."""
+    response = server.post(path, json={**body, "comment": "x" * SMALL_BODY_BYTES})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
 
 
 @pytest.mark.parametrize(
