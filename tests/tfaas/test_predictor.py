@@ -15,7 +15,15 @@ import pytest
 from appliance.errors import WorkflowError
 from tests.tfaas import bundles
 from tests.tfaas.bundles import reference_predict
-from tfaas.predictor import NUMPY_MAX_ROWS, Batcher, ModelStore, load_model, to_matrix
+from tfaas.predictor import (
+    NUMPY_BLOCK_ROWS,
+    NUMPY_MAX_ROWS,
+    Batcher,
+    ModelStore,
+    NumpyGraph,
+    load_model,
+    to_matrix,
+)
 from tfaas.repository import read_bundle
 from tfaas.settings import BatchingSettings, Settings
 
@@ -29,7 +37,9 @@ def benchmark_mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.mark.parametrize("rows", [1, 7, NUMPY_MAX_ROWS, NUMPY_MAX_ROWS + 1, 1000])
+@pytest.mark.parametrize(
+    "rows", [1, 7, NUMPY_MAX_ROWS + 1, NUMPY_BLOCK_ROWS, NUMPY_BLOCK_ROWS + 1, 2 * NUMPY_BLOCK_ROWS + 500]
+)
 def test_numpy_engine_gives_the_savedmodels_numbers(benchmark_mlp: Path, rows: int) -> None:
     model = load_model(read_bundle("mlp42", 1, benchmark_mlp))
     assert model.engine == "numpy"
@@ -40,6 +50,30 @@ def test_numpy_engine_gives_the_savedmodels_numbers(benchmark_mlp: Path, rows: i
     np.testing.assert_allclose(got, reference_predict(benchmark_mlp, x), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(x, original)  # in-place steps never touch the caller's input
     np.testing.assert_array_equal(model.run(x), got)  # nor leave state behind between calls
+
+
+@pytest.mark.parametrize(("tf_threads", "numpy_rows"), [(1, 5 * NUMPY_BLOCK_ROWS), (2, NUMPY_MAX_ROWS)])
+def test_large_batches_go_to_tensorflow_only_when_it_has_several_threads(
+    benchmark_mlp: Path, monkeypatch: pytest.MonkeyPatch, tf_threads: int, numpy_rows: int
+) -> None:
+    model = load_model(read_bundle("mlp42", 1, benchmark_mlp), tf_threads=tf_threads)
+    assert model.engine == "numpy"
+    calls: list[int] = []
+    numpy_call = NumpyGraph.__call__
+
+    def counted(graph: NumpyGraph, x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return numpy_call(graph, x)
+
+    monkeypatch.setattr(NumpyGraph, "__call__", counted)
+    x = np.random.default_rng(5).normal(size=(numpy_rows + 1, 42)).astype(np.float32)
+    np.testing.assert_allclose(model.run(x), reference_predict(benchmark_mlp, x), rtol=1e-4, atol=1e-6)
+    if tf_threads == 1:
+        assert calls and max(calls) == NUMPY_BLOCK_ROWS and sum(calls) == len(x)
+    else:
+        assert calls == []
+        model.run(x[:numpy_rows])
+        assert calls == [numpy_rows]
 
 
 def test_softmax_and_tanh_models_use_numpy_too(bundle_sources: dict[str, Path], tmp_path: Path) -> None:
