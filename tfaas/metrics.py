@@ -8,6 +8,7 @@ test process) the app's own registry is exposed.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,11 +61,24 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The labelled children by (endpoint, method, status): looking them up through labels() on every
+        # request costs more than the observation itself.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        if status >= 400:
-            self.errors.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.errors.labels(endpoint, str(status)) if status >= 400 else None,
+                self.latency.labels(endpoint),
+            )
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         if os.environ.get(MULTIPROC_ENV):
