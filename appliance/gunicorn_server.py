@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from gunicorn.app.base import BaseApplication
 
@@ -24,27 +24,34 @@ class GthreadServer(BaseApplication):
         return self.factory()
 
 
-def gthread_options(
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    threads: int,
-    timeout_s: int,
-    log_level: str,
-    proc_name: str,
-    **extra: Any,
-) -> dict[str, Any]:
+class ServerSettings(Protocol):
+    """What the launcher reads of a service's settings (both services' Settings have these fields)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def timeout_s(self) -> int: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+def gthread_options(settings: ServerSettings, *, proc_name: str, **extra: Any) -> dict[str, Any]:
     """gunicorn settings shared by both services, plus ``extra`` (TLS files, hooks)."""
     return {
-        "bind": f"{host}:{port}",
-        "workers": workers,
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": settings.workers,
         "worker_class": "gthread",
-        "threads": threads,
-        "timeout": timeout_s,
+        "threads": settings.threads,
+        "timeout": settings.timeout_s,
         "graceful_timeout": 10,
         "keepalive": 5,
-        "loglevel": log_level,
+        "loglevel": settings.log_level,
         "proc_name": proc_name,
         # The default control socket is one path per user: a second server would take it over.
         "control_socket_disable": True,

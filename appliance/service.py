@@ -32,15 +32,7 @@ def api_server(settings: Settings) -> GthreadServer:
 
         return create_app(settings)
 
-    options = gthread_options(
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        threads=settings.threads,
-        timeout_s=settings.timeout_s,
-        log_level=settings.log_level,
-        proc_name="mlaas4hep-api",
-    )
+    options = gthread_options(settings, proc_name="mlaas4hep-api")
     return GthreadServer(factory, options)
 
 

@@ -32,16 +32,7 @@ def tfaas_server(settings: Settings) -> GthreadServer:
     extra: dict[str, Any] = {"child_exit": _child_exit}
     if settings.tls_cert:
         extra["certfile"], extra["keyfile"] = settings.tls_cert, settings.tls_key
-    options = gthread_options(
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        threads=settings.threads,
-        timeout_s=settings.timeout_s,
-        log_level=settings.log_level,
-        proc_name="tfaas",
-        **extra,
-    )
+    options = gthread_options(settings, proc_name="tfaas", **extra)
     return GthreadServer(factory, options)
 
 
