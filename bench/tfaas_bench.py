@@ -6,7 +6,7 @@ Measured in one run, each against its baseline from the same run:
 - 1024-row batches in rows/s, against calling the SavedModel in-process;
 - the same single-row load on ``mlflow models serve`` of the same model, the peer (when an MLflow venv is given).
 
-usage: python bench/tfaas_bench.py [--duration 4] [--rounds 3] [--quick] [--mlflow-python PYTHON]
+usage: python bench/tfaas_bench.py [--duration 4] [--rounds 5] [--quick] [--mlflow-python PYTHON]
 Writes bench/results/tfaas.md.
 """
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk measurement")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds per point; the median round is reported"
+        "--rounds", type=int, default=5, help="interleaved rounds per point; the median round is reported"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: one round of 2 s per point")
     parser.add_argument("--connections", default="1,16,64")
