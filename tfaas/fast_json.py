@@ -3,9 +3,9 @@
 A 1024-row batch of the benchmark model is 870 KB of JSON. Decoding it into Python floats (orjson) and then
 into an array (``np.array``) costs more than running the MLP on it. simdjson parses the document once and
 copies the numbers of ``values`` into one float64 buffer, with no Python object per number, which becomes the
-float32 matrix the model takes. For small bodies
-(a few rows) orjson is faster: simdjson's checks below cost a fixed ~20 us, while orjson needs 4 us for one
-row, so bodies under ``SMALL_BODY_BYTES`` (the crossover measured for 42 features) are decoded by orjson.
+float32 matrix the model takes. For small bodies (a few rows) orjson is faster: the checks below cost a fixed
+~20 us, while orjson needs 4 us for one row, so bodies under ``SMALL_BODY_BYTES`` (the crossover measured for
+42 features) are decoded by orjson.
 
 The contract: what :meth:`ValuesDecoder.decode` returns is exactly what the reference decoder (orjson, then
 ``np.array``) would have produced. A body for which that is not proven here (duplicate members, booleans or

@@ -126,8 +126,6 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Minimum": np.minimum,
 }
 PASS_THROUGH = {"Identity", "StopGradient", "Snapshot"}
-
-
 # The same operations writing into their first operand, used when that operand is a temporary nobody else
 # reads: a dense layer then allocates one array (the MatMul's) instead of three.
 IN_PLACE_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
