@@ -1,7 +1,7 @@
 """Command line of the appliance: ``mlaas4hep read|train|generate`` and ``python -m appliance serve|worker``.
 
 Each subcommand parses its arguments here and hands them to the module that owns the work. Bad user input
-raises ``WorkflowError``; it is printed as one line naming the culprit, with exit code 2, never a traceback.
+raises ``BadInputError``; it is printed as one line naming the culprit, with exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 
 
 def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = _dispatch(args)
-    except WorkflowError as err:
+    except BadInputError as err:
         print(f"mlaas4hep {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> dict | int | None:
     # Imports are deferred: TensorFlow takes seconds to import and `read` never needs it.
     if args.command == "read":
-        from appliance.streaming import read_workflow
+        from appliance.data.streaming import read_workflow
 
         return read_workflow(
             args.files,
@@ -105,11 +105,11 @@ def _dispatch(args: argparse.Namespace) -> dict | int | None:
             progress=not args.quiet and sys.stderr.isatty(),
         )
     if args.command == "train":
-        from appliance.training import train_from_cli
+        from appliance.training.trainer import train_from_cli
 
         return train_from_cli(args)
     if args.command == "generate":
-        from appliance.synthetic import SyntheticSchema, write_root_file
+        from appliance.data.synthetic import SyntheticSchema, write_root_file
 
         path = write_root_file(
             args.output,
@@ -120,11 +120,11 @@ def _dispatch(args: argparse.Namespace) -> dict | int | None:
         )
         return {"file": str(path), "events": args.events}
     if args.command == "serve":
-        from appliance.service import serve
+        from appliance.server.service import serve
 
         return serve(args)
     if args.command == "worker":
-        from appliance.service import worker
+        from appliance.server.service import worker
 
         return worker(args)
     raise AssertionError(args.command)

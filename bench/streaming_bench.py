@@ -24,10 +24,10 @@ import uproot
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appliance.specs import load_or_compute_specs  # noqa: E402
-from appliance.streaming import EventStream  # noqa: E402
-from appliance.synthetic import SyntheticSchema, write_root_file  # noqa: E402
-from appliance.workflow import load_workflow  # noqa: E402
+from appliance.data.specs import load_or_compute_specs  # noqa: E402
+from appliance.data.streaming import EventStream  # noqa: E402
+from appliance.data.synthetic import SyntheticSchema, write_root_file  # noqa: E402
+from appliance.data.workflow import load_workflow  # noqa: E402
 from tests.support.xrootd import xrootd_site  # noqa: E402
 
 CHUNK = 10_000
@@ -36,7 +36,9 @@ CHUNK = 10_000
 def raw_iterate(urls: list[str], branches: list[str]) -> tuple[int, float]:
     started = time.perf_counter()
     events = 0
-    for arrays in uproot.iterate([f"{u}:Events" for u in urls], branches, step_size=CHUNK, library="ak", how=dict):
+    for arrays in uproot.iterate(
+        [f"{u}:Events" for u in urls], branches, step_size=CHUNK, library="ak", how=dict
+    ):
         events += len(arrays[branches[0]])
     return events, time.perf_counter() - started
 
@@ -72,7 +74,9 @@ def main() -> None:
         half = args.events // 2
         files = [
             write_root_file(work / "signal.root", half, shift=1.0, seed=1, schema=SyntheticSchema(20, 40)),
-            write_root_file(work / "background.root", args.events - half, seed=2, schema=SyntheticSchema(20, 40)),
+            write_root_file(
+                work / "background.root", args.events - half, seed=2, schema=SyntheticSchema(20, 40)
+            ),
         ]
         urls = [str(f) for f in files]
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -83,11 +87,18 @@ def main() -> None:
 
         with xrootd_site() as site:
             names = [site.add_file(f) for f in files]
-            events_o, secs_o = best_of(args.repeats, raw_iterate, [site.origin_url(n) for n in names], branches)
-            events_p, secs_p = best_of(args.repeats, raw_iterate, [site.proxy_url(n) for n in names], branches)
+            events_o, secs_o = best_of(
+                args.repeats, raw_iterate, [site.origin_url(n) for n in names], branches
+            )
+            events_p, secs_p = best_of(
+                args.repeats, raw_iterate, [site.proxy_url(n) for n in names], branches
+            )
             assert events_o == events_p == args.events
 
-    rate = {k: args.events / v for k, v in {"raw": secs_r, "stream": secs_s, "origin": secs_o, "proxy": secs_p}.items()}
+    rate = {
+        k: args.events / v
+        for k, v in {"raw": secs_r, "stream": secs_s, "origin": secs_o, "proxy": secs_p}.items()
+    }
     text = f"""# Streaming layer (issue 2)
 
 Machine: {platform.node()}, {platform.processor() or platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()},

@@ -147,7 +147,7 @@ def build_model(workdir: Path) -> tuple[Path, Path]:
     """The benchmark MLP as a TFaaS bundle in ``workdir/models/mlp42/1`` and as a ``.keras`` file."""
     import keras
 
-    from appliance.bundle import export_saved_model, params_document
+    from appliance.training.bundle import export_saved_model, params_document
 
     keras.utils.set_random_seed(42)
     inputs = keras.Input((DIM,), name="inputs")

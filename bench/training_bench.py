@@ -1,7 +1,7 @@
 """Training throughput: the whole pipeline (stream, then train) against training on arrays already in memory.
 
 Both sides train a fresh copy of the same model (same seed) for one epoch on the same training events with the
-same batch size, in the same run. The pipeline side is ``appliance.training.Trainer`` reading the ROOT files
+same batch size, in the same run. The pipeline side is ``appliance.training.trainer.Trainer`` reading the ROOT files
 (locally, or through a loopback XRootD proxy with ``--xrootd``); the baseline is ``model.fit`` on NumPy arrays
 gathered from the same stream beforehand. The ratio pipeline / in-memory shows whether reading slows training
 (target: at least 0.8). Results go to bench/results/training.md.
@@ -32,12 +32,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from appliance.models import load_model  # noqa: E402
-from appliance.specs import load_or_compute_specs  # noqa: E402
-from appliance.streaming import TRAIN, EventStream  # noqa: E402
-from appliance.synthetic import SyntheticSchema, write_root_file  # noqa: E402
-from appliance.training import EpochCounter, Trainer, configure_reproducibility, training_device  # noqa: E402
-from appliance.workflow import load_workflow  # noqa: E402
+from appliance.data.specs import load_or_compute_specs  # noqa: E402
+from appliance.data.streaming import TRAIN, EventStream  # noqa: E402
+from appliance.data.synthetic import SyntheticSchema, write_root_file  # noqa: E402
+from appliance.data.workflow import load_workflow  # noqa: E402
+from appliance.training.models import load_model  # noqa: E402
+from appliance.training.trainer import EpochCounter, Trainer, configure_reproducibility, training_device  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -67,8 +67,9 @@ def pipeline_epoch(stream: EventStream, model_path: Path, seed: int, workdir: Pa
     return {"events": counter.trained, "seconds": seconds, "events_per_s": counter.trained / seconds}
 
 
-def in_memory_epoch(x: np.ndarray, y: np.ndarray, stream: EventStream, model_path: Path, seed: int,
-                    batch_size: int) -> dict[str, float]:
+def in_memory_epoch(
+    x: np.ndarray, y: np.ndarray, stream: EventStream, model_path: Path, seed: int, batch_size: int
+) -> dict[str, float]:
     model, encoding = fresh_model(model_path, stream.dim, stream.n_classes, seed)
     targets = encoding.targets(y, stream.n_classes)
     started = time.monotonic()
@@ -87,8 +88,11 @@ def read_only(stream: EventStream) -> tuple[np.ndarray, np.ndarray, dict[str, fl
         xs.append(x)
         ys.append(y)
     seconds = time.monotonic() - started
-    return np.concatenate(xs), np.concatenate(ys), {"events": events, "seconds": seconds,
-                                                     "events_per_s": events / seconds}
+    return (
+        np.concatenate(xs),
+        np.concatenate(ys),
+        {"events": events, "seconds": seconds, "events_per_s": events / seconds},
+    )
 
 
 def main() -> int:
@@ -110,8 +114,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="training-bench-") as tmp:
         base = Path(tmp)
         schema = SyntheticSchema(args.flat, args.jagged)
-        files = [write_root_file(base / "signal.root", args.events, shift=0.5, seed=1, schema=schema),
-                 write_root_file(base / "background.root", args.events, shift=0.0, seed=2, schema=schema)]
+        files = [
+            write_root_file(base / "signal.root", args.events, shift=0.5, seed=1, schema=schema),
+            write_root_file(base / "background.root", args.events, shift=0.0, seed=2, schema=schema),
+        ]
         with data_urls(files, args.xrootd) as urls:
             (base / "files.txt").write_text("\n".join(urls) + "\n")
             params = {"chunk_size": args.chunk_size, "batch_size": args.batch_size, "epochs": 1, "seed": 1}
@@ -125,8 +131,11 @@ def main() -> int:
                 workdir.mkdir()
                 pipeline.append(pipeline_epoch(stream, args.model, wf.params.seed, workdir))
                 memory.append(in_memory_epoch(x, y, stream, args.model, wf.params.seed, args.batch_size))
-                print(f"repeat {i + 1}: pipeline {pipeline[-1]['events_per_s']:.0f} ev/s, "
-                      f"in memory {memory[-1]['events_per_s']:.0f} ev/s", file=sys.stderr)
+                print(
+                    f"repeat {i + 1}: pipeline {pipeline[-1]['events_per_s']:.0f} ev/s, "
+                    f"in memory {memory[-1]['events_per_s']:.0f} ev/s",
+                    file=sys.stderr,
+                )
 
     pipeline_rate = statistics.median(r["events_per_s"] for r in pipeline)
     memory_rate = statistics.median(r["events_per_s"] for r in memory)
@@ -136,10 +145,17 @@ def main() -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": f"{platform.node()} ({os.cpu_count()} CPUs), {training_device()}",
         "source": "loopback XRootD proxy" if args.xrootd else "local files",
-        "events": 2 * args.events, "train_events": len(y), "features": stream.dim,
-        "parameters": model.count_params(), "chunk_size": args.chunk_size, "batch_size": args.batch_size,
-        "repeats": repeats, "reading_events_per_s": reading["events_per_s"],
-        "pipeline_events_per_s": pipeline_rate, "in_memory_events_per_s": memory_rate, "ratio": ratio,
+        "events": 2 * args.events,
+        "train_events": len(y),
+        "features": stream.dim,
+        "parameters": model.count_params(),
+        "chunk_size": args.chunk_size,
+        "batch_size": args.batch_size,
+        "repeats": repeats,
+        "reading_events_per_s": reading["events_per_s"],
+        "pipeline_events_per_s": pipeline_rate,
+        "in_memory_events_per_s": memory_rate,
+        "ratio": ratio,
     }
     print(json.dumps(result, sort_keys=True))
     write_markdown(args.output, result, args)
@@ -157,18 +173,18 @@ def write_markdown(path: Path, r: dict, args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"""# Training throughput (issue 3)
 
-`bench/training_bench.py{' --xrootd' if args.xrootd else ''}{' --quick' if args.quick else ''}`, {r['date']}, {r['host']}.
+`bench/training_bench.py{" --xrootd" if args.xrootd else ""}{" --quick" if args.quick else ""}`, {r["date"]}, {r["host"]}.
 
-One epoch of `{args.model.name}` ({r['parameters']:,} parameters, {r['features']} input features), batch size
-{r['batch_size']}, chunk size {r['chunk_size']}, on the {r['train_events']:,} training events of {r['events']:,}
-generated events ({args.flat} flat and {args.jagged} jagged branches) read from {r['source']}. Median of
-{r['repeats']} alternating measurement(s), each on a fresh model with the same seed.
+One epoch of `{args.model.name}` ({r["parameters"]:,} parameters, {r["features"]} input features), batch size
+{r["batch_size"]}, chunk size {r["chunk_size"]}, on the {r["train_events"]:,} training events of {r["events"]:,}
+generated events ({args.flat} flat and {args.jagged} jagged branches) read from {r["source"]}. Median of
+{r["repeats"]} alternating measurement(s), each on a fresh model with the same seed.
 
 | | events/s | ratio to in-memory |
 | --- | ---: | ---: |
-| in-memory `model.fit` on NumPy arrays (baseline) | {r['in_memory_events_per_s']:,.0f} | 1.00 |
-| pipeline: stream + train (`Trainer`, tf.data) | {r['pipeline_events_per_s']:,.0f} | **{r['ratio']:.2f}** |
-| reading alone (stream pass, no training; all events) | {r['reading_events_per_s']:,.0f} | |
+| in-memory `model.fit` on NumPy arrays (baseline) | {r["in_memory_events_per_s"]:,.0f} | 1.00 |
+| pipeline: stream + train (`Trainer`, tf.data) | {r["pipeline_events_per_s"]:,.0f} | **{r["ratio"]:.2f}** |
+| reading alone (stream pass, no training; all events) | {r["reading_events_per_s"]:,.0f} | |
 
 Target: the pipeline reaches at least 0.8 of the in-memory rate. This run {verdict} it.
 {SMOKE_NOTE if args.quick else ""}""")

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appliance.synthetic import SyntheticSchema, write_root_file  # noqa: E402
+from appliance.data.synthetic import SyntheticSchema, write_root_file  # noqa: E402
 from tests.support.processes import free_port, running  # noqa: E402
 from tests.support.xrootd import xrootd_site  # noqa: E402
 
@@ -125,9 +125,7 @@ def serve_predictions(work: Path, repo: Path, trained: dict) -> None:
             )
         raw = {b: events[b].tolist() for b in events.fields}
         answer = requests.post(f"{base}/json", json={"model": name, "raw": raw}, timeout=30)
-        print(
-            f"POST /json, raw branch values of 3 signal events -> HTTP {answer.status_code}: {answer.text}"
-        )
+        print(f"POST /json, raw branch values of 3 signal events -> HTTP {answer.status_code}: {answer.text}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def xrootd() -> Iterator[XRootDSite]:
 @pytest.fixture(scope="session")
 def sample_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small generated signal and background files (NanoAOD-like schema, TTrees)."""
-    from appliance.synthetic import SyntheticSchema, write_root_file
+    from appliance.data.synthetic import SyntheticSchema, write_root_file
 
     base = tmp_path_factory.mktemp("samples")
     schema = SyntheticSchema(n_flat=8, n_jagged=6)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import WorkflowError
-from appliance.gunicorn_server import GthreadServer, gthread_options
+from servicecore.errors import BadInputError
+from servicecore.launcher import GthreadServer, gthread_options
 from tfaas.settings import MULTIPROC_ENV, Settings
 
 # One BLAS/OpenMP thread per worker: gunicorn's worker processes are the parallelism, and idle BLAS threads
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
         )
         settings.model_dir.mkdir(parents=True, exist_ok=True)
-    except (WorkflowError, OSError) as err:
+    except (BadInputError, OSError) as err:
         print(f"tfaas: {err}", file=sys.stderr)
         return 2
     for key, value in THREAD_ENV.items():

@@ -20,12 +20,16 @@ import numpy as np
 import orjson
 from flask import Blueprint, Flask, Response, g, request
 from google.protobuf.message import DecodeError
-from werkzeug.exceptions import HTTPException
 
-from appliance.auth import require_owner
-from appliance.bundle import check_name
-from appliance.errors import WorkflowError
-from appliance.safetar import extract_archive
+from servicecore.auth import require_owner
+from servicecore.errors import (
+    BadInputError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
+from servicecore.http import install_error_handlers, json_body
+from servicecore.naming import check_name
+from servicecore.safetar import extract_archive
 from tfaas import proto
 from tfaas.fast_json import ValuesDecoder
 from tfaas.metrics import Metrics
@@ -68,14 +72,6 @@ KSERVE_NUMERIC = frozenset(KSERVE_DTYPES)
 BINARY_HEADER = "Inference-Header-Content-Length"
 
 
-class ApiError(Exception):
-    """An HTTP error with a message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def create_app(settings: Settings) -> Flask:
     """Build the app from one settings object; every worker calls this once after the fork."""
     app = Flask(__name__)
@@ -93,7 +89,7 @@ def create_app(settings: Settings) -> Flask:
     _kserve_api(blueprint, store, settings)
     _service_api(blueprint, store, settings, metrics)
     app.register_blueprint(blueprint)
-    _install_errors(app, metrics)
+    _install_metrics_and_errors(app, metrics)
     install_auth(app, settings)
     if not settings.auth:
         # Authentication hooks run inside Flask, which the lane bypasses: with auth on, every request goes
@@ -149,7 +145,7 @@ class JsonFastLane:
             return None
         try:
             version = _version(decoded.version)
-        except ApiError:
+        except ServiceError:
             return None
         store = self._store
         store.enter()
@@ -169,30 +165,18 @@ def public_paths(settings: Settings) -> tuple[str, ...]:
 
 
 def install_auth(app: Flask, settings: Settings) -> None:
-    """The one place where authentication (issue 6, ``appliance.auth``) is attached to the app.
+    """The one place where authentication (issue 6, ``servicecore.auth``) is attached to the app.
 
     Without an ``auth`` section TFaaS trusts its caller, which is oauth2-proxy on the same host.
     """
     if not settings.auth:
         return
-    from appliance import auth
+    from servicecore import auth
 
     auth.install_auth(app, settings.auth, public_paths=public_paths(settings))
 
 
 # -- request helpers -------------------------------------------------------------------------------------
-
-
-def _json_body() -> dict[str, Any]:
-    if request.mimetype not in JSON_TYPES and not request.mimetype.endswith("+json"):
-        raise ApiError(415, f"unsupported content type {request.mimetype!r}: send application/json")
-    try:
-        body = orjson.loads(request.get_data(cache=False))
-    except ValueError as err:
-        raise ApiError(400, f"the body is not valid JSON: {err}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
 
 
 def _dumps(data: Any) -> bytes:
@@ -210,16 +194,16 @@ def _version(value: Any) -> int | None:
     try:
         version = int(value)
     except (TypeError, ValueError):
-        raise ApiError(400, f"version must be a positive integer, got {value!r}") from None
+        raise BadInputError(f"version must be a positive integer, got {value!r}") from None
     if version < 1 or (isinstance(value, float) and value != version) or isinstance(value, bool):
-        raise ApiError(400, f"version must be a positive integer, got {value!r}")
+        raise BadInputError(f"version must be a positive integer, got {value!r}")
     return version
 
 
 def _model_name(body: Mapping[str, Any]) -> str:
     name = body.get("model")
     if not isinstance(name, str) or not name:
-        raise ApiError(400, 'say which model to use with "model": "<name>"')
+        raise BadInputError('say which model to use with "model": "<name>"')
     return name
 
 
@@ -227,28 +211,28 @@ def _raw_matrix(model: LoadedModel, columns: Mapping[str, Any], max_rows: int) -
     """Raw branch values by name, turned into the model input by the bundle's own FeatureSpec."""
     spec = model.features
     if spec is None:
-        raise WorkflowError(
+        raise BadInputError(
             f"model {model.bundle.name!r} has no feature spec in its params.json: send normalised values"
         )
     missing = [b for b in spec.input_branches if b not in columns]
     if missing:
-        raise WorkflowError(f"raw values lack the branches {missing} (the model needs {spec.input_branches})")
+        raise BadInputError(f"raw values lack the branches {missing} (the model needs {spec.input_branches})")
     import awkward as ak
 
     for branch in spec.input_branches:
         if not isinstance(columns[branch], list | np.ndarray | ak.Array):
-            raise WorkflowError(f"raw branch {branch!r} must be a list with one entry per event")
+            raise BadInputError(f"raw branch {branch!r} must be a list with one entry per event")
     lengths = {len(columns[b]) for b in spec.input_branches}
     if lengths == {0}:
-        raise WorkflowError("raw values hold no events")
+        raise BadInputError("raw values hold no events")
     if len(lengths) > 1:
-        raise WorkflowError(f"raw branches have different numbers of events: {sorted(lengths)}")
+        raise BadInputError(f"raw branches have different numbers of events: {sorted(lengths)}")
     if lengths.pop() > max_rows:
-        raise WorkflowError(f"at most {max_rows} events per request")
+        raise BadInputError(f"at most {max_rows} events per request")
     try:
         return spec.transform({b: columns[b] for b in spec.input_branches})
-    except (ValueError, TypeError) as err:  # WorkflowError, raised for most bad values, passes through
-        raise WorkflowError(f"raw values are not numbers of the expected shape: {err}") from None
+    except (ValueError, TypeError) as err:  # BadInputError, raised for most bad values, passes through
+        raise BadInputError(f"raw values are not numbers of the expected shape: {err}") from None
 
 
 def _events_to_columns(events: Any) -> dict[str, Any]:
@@ -256,25 +240,25 @@ def _events_to_columns(events: Any) -> dict[str, Any]:
     import awkward as ak
 
     if not isinstance(events, list) or not events:
-        raise WorkflowError("events must be a non-empty list of objects, one per event")
+        raise BadInputError("events must be a non-empty list of objects, one per event")
     try:
         array = ak.from_iter(events, highlevel=True)
     except (ValueError, TypeError) as err:
-        raise WorkflowError(f"events are not a list of objects of numbers: {err}") from None
+        raise BadInputError(f"events are not a list of objects of numbers: {err}") from None
     if not array.fields:
-        raise WorkflowError("events must be objects that map branch names to values")
+        raise BadInputError("events must be objects that map branch names to values")
     return {field: array[field] for field in array.fields}
 
 
 def _matrix_from_json(model: LoadedModel, body: Mapping[str, Any], max_rows: int) -> tuple[np.ndarray, bool]:
     given = [key for key in ("values", "raw", "events") if key in body]
     if len(given) != 1:
-        raise WorkflowError('send exactly one of "values", "raw" (columns) or "events" (rows)')
+        raise BadInputError('send exactly one of "values", "raw" (columns) or "events" (rows)')
     if "values" in body:
         return to_matrix(body["values"], model.dim, max_rows)
     if "raw" in body:
         if not isinstance(body["raw"], dict):
-            raise WorkflowError("raw must map branch names to lists with one entry per event")
+            raise BadInputError("raw must map branch names to lists with one entry per event")
         return _raw_matrix(model, body["raw"], max_rows), False
     return _raw_matrix(model, _events_to_columns(body["events"]), max_rows), False
 
@@ -284,7 +268,7 @@ def _matrix_from_json(model: LoadedModel, body: Mapping[str, Any], max_rows: int
 
 def _original_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
     def predict_json() -> Response:
-        body = _json_body()
+        body = json_body()
         store.enter()
         try:
             model = store.get(_model_name(body), _version(body.get("version")))
@@ -296,15 +280,15 @@ def _original_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
 
     def predict_proto() -> Response:
         if request.mimetype not in PROTO_TYPES:
-            raise ApiError(
-                415, f"unsupported content type {request.mimetype!r}: send application/octet-stream"
+            raise UnsupportedMediaTypeError(
+                f"unsupported content type {request.mimetype!r}: send application/octet-stream"
             )
         try:
             row = proto.Row.FromString(request.get_data(cache=False))
         except DecodeError as err:
-            raise ApiError(400, f"the body is not a serialized tfaaspb.Row: {err}") from None
+            raise BadInputError(f"the body is not a serialized tfaaspb.Row: {err}") from None
         if not row.model:
-            raise ApiError(400, "the Row names no model")
+            raise BadInputError("the Row names no model")
         store.enter()
         try:
             model = store.get(row.model)
@@ -343,13 +327,13 @@ def _original_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
         version = _version(request.args.get("version"))
         if name is None:
             if request.mimetype == "application/json":
-                body = _json_body()
+                body = json_body()
                 name, version = body.get("model"), _version(body.get("version", version))
             else:
                 name = request.form.get("model")
                 version = _version(request.form.get("version", version))
         if not isinstance(name, str) or not name:
-            raise ApiError(400, "say which model to delete: DELETE /delete/<model> or form field 'model'")
+            raise BadInputError("say which model to delete: DELETE /delete/<model> or form field 'model'")
         require_owner(name)
         deleted = store.repository.delete(name, version)
         store.refresh(force=True)
@@ -364,8 +348,7 @@ def _original_api(bp: Blueprint, store: ModelStore, settings: Settings) -> None:
             elif request.mimetype in TAR_TYPES:
                 name, bundle_dir = _stage_tar(staging, settings, request.args.get("name"))
             else:
-                raise ApiError(
-                    415,
+                raise UnsupportedMediaTypeError(
                     f"unsupported content type {request.mimetype!r}: send multipart/form-data "
                     "or a (gzipped) tar bundle",
                 )
@@ -384,13 +367,13 @@ def _stage_multipart(staging: Path, settings: Settings) -> tuple[str, Path]:
     """
     name = request.form.get("name", "")
     if not name:
-        raise ApiError(400, "the upload form needs a 'name' field")
+        raise BadInputError("the upload form needs a 'name' field")
     check_name(name)
     bundle_dir = staging / "bundle"
     bundle_dir.mkdir()
     model = request.files.get("model")
     if model is None:
-        raise ApiError(400, "the upload form needs a 'model' file")
+        raise BadInputError("the upload form needs a 'model' file")
     stream = model.stream
     if tarfile.is_tarfile(stream):
         stream.seek(0)
@@ -414,12 +397,12 @@ def _stage_tar(staging: Path, settings: Settings, name: str | None) -> tuple[str
     top = [entry for entry in extracted.iterdir()]
     if (extracted / SAVED_MODEL).is_file():
         if not name:
-            raise ApiError(400, "the archive has no top-level folder: name the model with ?name=<model>")
+            raise BadInputError("the archive has no top-level folder: name the model with ?name=<model>")
         return check_name(name), extracted
     if len(top) != 1 or not top[0].is_dir():
-        raise ApiError(400, "the archive must hold one top-level folder named after the model")
+        raise BadInputError("the archive must hold one top-level folder named after the model")
     if name and name != top[0].name:
-        raise ApiError(400, f"the archive's folder {top[0].name!r} does not match the model name {name!r}")
+        raise BadInputError(f"the archive's folder {top[0].name!r} does not match the model name {name!r}")
     return check_name(top[0].name), top[0]
 
 
@@ -430,19 +413,19 @@ def _single_folder(path: Path) -> Path:
     entries = list(path.iterdir())
     if len(entries) == 1 and (entries[0] / SAVED_MODEL).is_file():
         return entries[0]
-    raise ApiError(400, f"the model archive holds no {SAVED_MODEL}")
+    raise BadInputError(f"the model archive holds no {SAVED_MODEL}")
 
 
 def _check_bundle(name: str, bundle_dir: Path) -> None:
     """Refuse an upload that could not be served: nothing reaches the repository unless this passes."""
     if not (bundle_dir / SAVED_MODEL).is_file():
-        raise ApiError(400, f"the bundle has no {SAVED_MODEL}")
+        raise BadInputError(f"the bundle has no {SAVED_MODEL}")
     if not (bundle_dir / "params.json").is_file():
-        raise ApiError(400, "the bundle has no params.json")
+        raise BadInputError("the bundle has no params.json")
     bundle = read_bundle(name, 0, bundle_dir)
     declared = bundle.params.get("name")
     if declared not in (None, name):
-        raise ApiError(400, f"params.json names the model {declared!r}, but the upload is {name!r}")
+        raise BadInputError(f"params.json names the model {declared!r}, but the upload is {name!r}")
     model = load_model(bundle, numpy_engine=False)
     if model.bundle.params.get("features"):
         _ = model.features  # raises if the spec is malformed or does not fit the SavedModel
@@ -455,15 +438,15 @@ def _tf_serving_api(bp: Blueprint, store: ModelStore, settings: Settings) -> Non
     @bp.post("/v1/models/<name>:predict")
     @bp.post("/v1/models/<name>/versions/<version>:predict")
     def tf_predict(name: str, version: str | None = None) -> Response:
-        body = _json_body()
+        body = json_body()
         signature = body.get("signature_name")
         store.enter()
         try:
             model = store.get(name, _version(version))
             if signature not in (None, model.bundle.params.get("signature") or "serving_default"):
-                raise WorkflowError(f"model {name!r} has no signature {signature!r}")
+                raise BadInputError(f"model {name!r} has no signature {signature!r}")
             if ("instances" in body) == ("inputs" in body):
-                raise WorkflowError('send exactly one of "instances" (rows) or "inputs" (columns)')
+                raise BadInputError('send exactly one of "instances" (rows) or "inputs" (columns)')
             if "instances" in body:
                 matrix = _tf_instances(model, body["instances"], settings.max_batch_rows)
                 return _json({"predictions": np.ascontiguousarray(model.predict(matrix))})
@@ -534,14 +517,14 @@ def _tf_tensor_info(name: str, shape: list[int], template: Mapping[str, Any]) ->
 
 def _tf_instances(model: LoadedModel, instances: Any, max_rows: int) -> np.ndarray:
     if not isinstance(instances, list) or not instances:
-        raise WorkflowError("instances must be a non-empty list")
+        raise BadInputError("instances must be a non-empty list")
     if all(isinstance(i, dict) for i in instances):
         if all(set(i) == {model.input_name} for i in instances):
             return to_matrix([i[model.input_name] for i in instances], model.dim, max_rows, "instances")[0]
         return _raw_matrix(model, _events_to_columns(instances), max_rows)
     matrix, single = to_matrix(instances, model.dim, max_rows, "instances")
     if single:
-        raise WorkflowError(f"instances must be a list of rows of {model.dim} numbers")
+        raise BadInputError(f"instances must be a list of rows of {model.dim} numbers")
     return matrix
 
 
@@ -623,9 +606,11 @@ def _kserve_body() -> tuple[dict[str, Any], memoryview | None]:
     """The JSON inference request, and the tensors' bytes when the binary data extension is used."""
     header_length = request.headers.get(BINARY_HEADER)
     if header_length is None:
-        return _json_body(), None
+        return json_body(), None
     if request.mimetype not in JSON_TYPES and request.mimetype != "application/octet-stream":
-        raise ApiError(415, f"unsupported content type {request.mimetype!r}: send application/octet-stream")
+        raise UnsupportedMediaTypeError(
+            f"unsupported content type {request.mimetype!r}: send application/octet-stream"
+        )
     raw = request.get_data(cache=False)
     try:
         length = int(header_length)
@@ -633,9 +618,9 @@ def _kserve_body() -> tuple[dict[str, Any], memoryview | None]:
             raise ValueError(header_length)
         body = orjson.loads(raw[:length])
     except ValueError as err:
-        raise ApiError(400, f"bad {BINARY_HEADER} or inference header: {err}") from None
+        raise BadInputError(f"bad {BINARY_HEADER} or inference header: {err}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the inference header must be a JSON object")
+        raise BadInputError("the inference header must be a JSON object")
     return body, memoryview(raw)[length:]
 
 
@@ -645,7 +630,7 @@ def _wants_binary(body: Mapping[str, Any], output_name: str, name: str) -> bool:
     binary = isinstance(parameters, dict) and parameters.get("binary_data_output") is True
     for wanted in body.get("outputs") or []:
         if not isinstance(wanted, dict) or wanted.get("name") != output_name:
-            raise WorkflowError(f"model {name!r} has one output, {output_name!r}")
+            raise BadInputError(f"model {name!r} has one output, {output_name!r}")
         wanted_parameters = wanted.get("parameters")
         if isinstance(wanted_parameters, dict) and "binary_data" in wanted_parameters:
             binary = wanted_parameters["binary_data"] is True
@@ -656,17 +641,17 @@ def _kserve_inputs(
     model: LoadedModel, inputs: Any, max_rows: int, binary: memoryview | None = None
 ) -> np.ndarray:
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
-        raise WorkflowError("inputs must be a non-empty list of tensors {name, shape, datatype, data}")
+        raise BadInputError("inputs must be a non-empty list of tensors {name, shape, datatype, data}")
     tensors = {}
     offset = 0
     for tensor in inputs:
         name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
         if not isinstance(name, str):
-            raise WorkflowError("every input tensor needs a name")
+            raise BadInputError("every input tensor needs a name")
         if datatype not in KSERVE_NUMERIC:
-            raise WorkflowError(f"input {name!r}: datatype must be numeric (FP32, ...), got {datatype!r}")
+            raise BadInputError(f"input {name!r}: datatype must be numeric (FP32, ...), got {datatype!r}")
         if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise WorkflowError(f"input {name!r}: shape must be a list of sizes")
+            raise BadInputError(f"input {name!r}: shape must be a list of sizes")
         parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
         if "binary_data_size" in parameters:
             array, offset = _binary_tensor(
@@ -676,26 +661,26 @@ def _kserve_inputs(
             continue
         values = tensor.get("data")
         if not isinstance(values, list):
-            raise WorkflowError(f"input {name!r}: data must be a list of numbers")
+            raise BadInputError(f"input {name!r}: data must be a list of numbers")
         try:
             array = np.asarray(values)
         except ValueError:
-            raise WorkflowError(f"input {name!r}: data is ragged") from None
+            raise BadInputError(f"input {name!r}: data is ragged") from None
         if array.dtype.kind not in "fiu" or array.size != int(np.prod(shape)):
-            raise WorkflowError(
+            raise BadInputError(
                 f"input {name!r}: data must hold {int(np.prod(shape))} numbers for shape {shape}"
             )
         tensors[name] = array.reshape(shape)
     if binary is not None and offset != len(binary):
-        raise WorkflowError(f"the request carries {len(binary) - offset} bytes that no input claims")
+        raise BadInputError(f"the request carries {len(binary) - offset} bytes that no input claims")
     if model.input_name in tensors or (len(tensors) == 1 and model.features is None):
         (array,) = [tensors[model.input_name]] if model.input_name in tensors else tensors.values()
         if array.ndim != 2:
-            raise WorkflowError(f"input {model.input_name!r} must have shape [rows, {model.dim}]")
+            raise BadInputError(f"input {model.input_name!r} must have shape [rows, {model.dim}]")
         return to_matrix(array, model.dim, max_rows, f"input {model.input_name!r}")[0]
     for name, array in tensors.items():
         if array.ndim != 1:
-            raise WorkflowError(f"raw branch {name!r} must have shape [events] (lists need the JSON APIs)")
+            raise BadInputError(f"raw branch {name!r} must have shape [events] (lists need the JSON APIs)")
     return _raw_matrix(model, tensors, max_rows)
 
 
@@ -704,11 +689,11 @@ def _binary_tensor(
 ) -> tuple[np.ndarray, int]:
     """One input of the binary data extension: little-endian values, in the inputs' order."""
     if binary is None:
-        raise WorkflowError(f"input {name!r} declares binary data but the request has no {BINARY_HEADER}")
+        raise BadInputError(f"input {name!r} declares binary data but the request has no {BINARY_HEADER}")
     dtype = np.dtype(KSERVE_DTYPES[datatype])
     expected = int(np.prod(shape)) * dtype.itemsize
     if not isinstance(size, int) or size != expected or offset + size > len(binary):
-        raise WorkflowError(
+        raise BadInputError(
             f"input {name!r}: binary_data_size must be {expected} bytes for {datatype} {shape}, "
             f"and present in the body"
         )
@@ -757,7 +742,7 @@ def _service_api(bp: Blueprint, store: ModelStore, settings: Settings, metrics: 
 # -- errors and request metrics --------------------------------------------------------------------------
 
 
-def _install_errors(app: Flask, metrics: Metrics) -> None:
+def _install_metrics_and_errors(app: Flask, metrics: Metrics) -> None:
     @app.before_request
     def start_clock() -> None:
         g.tfaas_started = time.perf_counter()
@@ -769,29 +754,4 @@ def _install_errors(app: Flask, metrics: Metrics) -> None:
         metrics.observe(endpoint, request.method, response.status_code, elapsed)
         return response
 
-    def error(status: int, message: str) -> Response:
-        return _json({"error": message}, status=status)
-
-    @app.errorhandler(ApiError)
-    def api_error(err: ApiError) -> Response:
-        return error(err.status, str(err))
-
-    @app.errorhandler(ModelNotFoundError)
-    def not_found(err: ModelNotFoundError) -> Response:
-        return error(404, str(err))
-
-    @app.errorhandler(WorkflowError)
-    def bad_input(err: WorkflowError) -> Response:
-        return error(400, str(err))
-
-    @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException) -> Response:
-        if err.code == 413:
-            limit = request.max_content_length
-            return error(413, f"the request body is too large (the limit is {limit} bytes)")
-        return error(err.code or 400, err.description or err.name)
-
-    @app.errorhandler(Exception)
-    def bug(err: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error(500, "internal error; the server log has the details")
+    install_error_handlers(app, extra=[(ModelNotFoundError, 404)])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 from tfaas.repository import Bundle, ModelNotFoundError, ModelRepository, Snapshot
 from tfaas.settings import Settings
 
@@ -56,28 +56,28 @@ def to_matrix(values: Any, dim: int, max_rows: int, what: str = "values") -> tup
         array = values
     else:
         if not isinstance(values, list):
-            raise WorkflowError(f"{what} must be a list of numbers or a list of rows")
+            raise BadInputError(f"{what} must be a list of numbers or a list of rows")
         try:
             array = np.array(values)
         except ValueError:
-            raise WorkflowError(f"{what}: every row must have {dim} numbers") from None
+            raise BadInputError(f"{what}: every row must have {dim} numbers") from None
     if array.size == 0:
-        raise WorkflowError(f"{what} is empty: send at least one row of {dim} numbers")
+        raise BadInputError(f"{what} is empty: send at least one row of {dim} numbers")
     if array.dtype.kind not in "fiu":
-        raise WorkflowError(f"{what} must hold only numbers")
+        raise BadInputError(f"{what} must hold only numbers")
     single = array.ndim == 1
     if single:
         array = array.reshape(1, -1)
     if array.ndim != 2:
-        raise WorkflowError(f"{what} must be one row or a list of rows, got {array.ndim} dimensions")
+        raise BadInputError(f"{what} must be one row or a list of rows, got {array.ndim} dimensions")
     if array.shape[1] != dim:
-        raise WorkflowError(f"{what}: the model expects {dim} features per row, got {array.shape[1]}")
+        raise BadInputError(f"{what}: the model expects {dim} features per row, got {array.shape[1]}")
     if array.shape[0] > max_rows:
-        raise WorkflowError(f"{what}: at most {max_rows} rows per request, got {array.shape[0]}")
+        raise BadInputError(f"{what}: at most {max_rows} rows per request, got {array.shape[0]}")
     with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
         matrix = np.asarray(array, dtype=np.float32)
     if not np.isfinite(matrix).all():
-        raise WorkflowError(f"{what} must be finite numbers (no NaN or infinity, within float32 range)")
+        raise BadInputError(f"{what} must be finite numbers (no NaN or infinity, within float32 range)")
     return matrix, single
 
 
@@ -304,11 +304,11 @@ class LoadedModel:
     def features(self) -> Any:
         """The bundle's FeatureSpec (for raw branch values), or None when params.json carries none."""
         if self._features is None and self.bundle.params.get("features"):
-            from appliance.features import FeatureSpec
+            from appliance.data.features import FeatureSpec
 
             spec = FeatureSpec.from_dict(self.bundle.params["features"])
             if spec.dim != self.dim:
-                raise WorkflowError(
+                raise BadInputError(
                     f"model {self.bundle.name!r}: its feature spec gives {spec.dim} columns "
                     f"but the SavedModel takes {self.dim}"
                 )
@@ -317,18 +317,18 @@ class LoadedModel:
 
 
 def load_model(bundle: Bundle, numpy_engine: bool = True, tf_threads: int = 1) -> LoadedModel:
-    """Load a bundle's SavedModel; raise WorkflowError naming the problem if it cannot be served."""
+    """Load a bundle's SavedModel; raise BadInputError naming the problem if it cannot be served."""
     tf = _tensorflow(tf_threads)
     try:
         loaded = tf.saved_model.load(str(bundle.path))
     except Exception as err:  # TensorFlow raises many types for a corrupt or foreign SavedModel
-        raise WorkflowError(
+        raise BadInputError(
             f"model {bundle.name!r} is not a loadable SavedModel: {_first_line(err)}"
         ) from None
     signature_name = str(bundle.params.get("signature") or SIGNATURE)
     signatures = getattr(loaded, "signatures", {})
     if signature_name not in signatures:
-        raise WorkflowError(
+        raise BadInputError(
             f"model {bundle.name!r} has no signature {signature_name!r} (it has {sorted(signatures)})"
         )
     signature = signatures[signature_name]
@@ -338,7 +338,7 @@ def load_model(bundle: Bundle, numpy_engine: bool = True, tf_threads: int = 1) -
     output_name = _pick(bundle.params, OUTPUT_KEYS, outputs, "output", bundle.name)
     spec = inputs[input_name]
     if spec.shape.rank != 2 or spec.shape[1] is None or not spec.dtype.is_floating:
-        raise WorkflowError(
+        raise BadInputError(
             f"model {bundle.name!r}: input {input_name!r} must be a float matrix [None, dim], got "
             f"{spec.dtype.name} {spec.shape}"
         )
@@ -440,7 +440,7 @@ def _pick(
             return wanted
     if len(available) == 1:
         return next(iter(available))
-    raise WorkflowError(
+    raise BadInputError(
         f"model {name!r}: cannot tell which {kind} to use among {sorted(available)}; "
         f"set {keys[0]!r} in params.json"
     )
@@ -665,7 +665,7 @@ class ModelStore:
         for name in sorted(self.refresh(force=True)):
             try:
                 self.get(name)
-            except WorkflowError as err:
+            except BadInputError as err:
                 log.warning("cannot serve %s: %s", name, err)
         self.ready.set()
 

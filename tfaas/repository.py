@@ -3,7 +3,8 @@
 A scan is cheap (a few ``stat`` calls per version; ``params.json`` is re-read only when a bundle's fingerprint
 changes), so every worker rescans on a short interval and so sees new, changed and deleted models without a
 restart. Writes never leave a half-written model: uploads are staged in ``.incoming/`` on the same file system
-and published by :func:`appliance.bundle.publish` with one rename; deletions rename the model away first.
+and published by :func:`appliance.training.bundle.publish` with one
+rename; deletions rename the model away first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.bundle import HIGH_WATER, INCOMING, check_name, next_version, publish
-from appliance.errors import WorkflowError
+from appliance.training.bundle import INCOMING, publish
+from servicecore.errors import BadInputError
+from servicecore.naming import HIGH_WATER, check_name, record_high_water
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ SAVED_MODEL = "saved_model.pb"
 FINGERPRINT_FILES = (SAVED_MODEL, "params.json", "labels.txt", "variables/variables.index")
 
 
-class ModelNotFoundError(WorkflowError):
+class ModelNotFoundError(BadInputError):
     """An unknown model or version: answered with HTTP 404."""
 
 
@@ -69,7 +70,7 @@ class ModelRepository:
                 if bundle is None or bundle.fingerprint != fingerprint:
                     try:
                         bundle = read_bundle(model_dir.name, version, path, fingerprint)
-                    except WorkflowError as err:
+                    except BadInputError as err:
                         log.warning("skipping %s: %s", path, err)
                         continue
                 known[path] = bundle
@@ -84,7 +85,7 @@ class ModelRepository:
                     continue
                 try:
                     check_name(entry.name)
-                except WorkflowError:
+                except BadInputError:
                     continue
                 yield entry
 
@@ -123,7 +124,7 @@ class ModelRepository:
         if not existing or any(v not in existing for v in doomed):
             what = f"model {name!r}" if version is None else f"version {version} of model {name!r}"
             raise ModelNotFoundError(f"{what} does not exist")
-        _keep_high_water(model_dir, max(existing))
+        record_high_water(model_dir, max(existing))
         trash = Path(tempfile.mkdtemp(prefix="deleted-", dir=self._incoming()))
         try:
             for v in doomed:
@@ -152,9 +153,9 @@ def read_bundle(name: str, version: int, path: Path, fingerprint: tuple[Any, ...
         try:
             params = json.loads(params_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise WorkflowError(f"params.json of {name!r} is not valid JSON: {err}") from None
+            raise BadInputError(f"params.json of {name!r} is not valid JSON: {err}") from None
         if not isinstance(params, dict):
-            raise WorkflowError(f"params.json of {name!r} must hold a JSON object")
+            raise BadInputError(f"params.json of {name!r} must hold a JSON object")
     labels_file = path / str(params.get("labels") or "labels.txt")
     labels: tuple[str, ...] = ()
     if labels_file.is_file() and labels_file.resolve().is_relative_to(path.resolve()):
@@ -185,14 +186,3 @@ def _fingerprint(path: Path) -> tuple[Any, ...] | None:
             continue
         parts.append((st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(parts)
-
-
-def _keep_high_water(model_dir: Path, version: int) -> None:
-    """Record the highest version before deleting, so the next publish does not reuse a deleted number."""
-    current = next_version(model_dir) - 1
-    if current >= version and (model_dir / HIGH_WATER).exists():
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f"{HIGH_WATER}.", dir=model_dir)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"{max(current, version)}\n")
-    Path(tmp).replace(model_dir / HIGH_WATER)

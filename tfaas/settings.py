@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 
 ENV_PREFIX = "TFAAS_"
 # prometheus_client reads it when first imported: it must be set before a worker imports tfaas.metrics.
@@ -61,18 +61,18 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     metrics_dir: Path | None = None  # prometheus_client multiprocess directory under gunicorn
-    auth: Mapping[str, Any] = field(default_factory=dict)  # handed to appliance.auth when not empty
+    auth: Mapping[str, Any] = field(default_factory=dict)  # handed to servicecore.auth when not empty
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
-            raise WorkflowError(f"port must be between 1 and 65535, got {self.port}")
+            raise BadInputError(f"port must be between 1 and 65535, got {self.port}")
         if self.base and (not self.base.startswith("/") or self.base.endswith("/")):
-            raise WorkflowError(f"base must start with '/' and not end with one, got {self.base!r}")
+            raise BadInputError(f"base must start with '/' and not end with one, got {self.base!r}")
         if self.workers < 1 or self.threads < 1:
-            raise WorkflowError("workers and threads must be at least 1")
+            raise BadInputError("workers and threads must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise WorkflowError("TLS needs both serverCrt/tls_cert and serverKey/tls_key")
+            raise BadInputError("TLS needs both serverCrt/tls_cert and serverKey/tls_key")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Settings | None = None) -> Settings:
@@ -84,7 +84,7 @@ class Settings:
             if key in IGNORED_KEYS:
                 continue
             if name not in known:
-                raise WorkflowError(f"unknown TFaaS setting {key!r}")
+                raise BadInputError(f"unknown TFaaS setting {key!r}")
             values[name] = value
         return _build(cls, values, base)
 
@@ -93,11 +93,11 @@ class Settings:
         try:
             data = json.loads(Path(path).read_text())
         except OSError as err:
-            raise WorkflowError(f"cannot read config {str(path)!r}: {err.strerror}") from None
+            raise BadInputError(f"cannot read config {str(path)!r}: {err.strerror}") from None
         except json.JSONDecodeError as err:
-            raise WorkflowError(f"config {str(path)!r} is not valid JSON: {err}") from None
+            raise BadInputError(f"config {str(path)!r} is not valid JSON: {err}") from None
         if not isinstance(data, dict):
-            raise WorkflowError(f"config {str(path)!r} must hold a JSON object")
+            raise BadInputError(f"config {str(path)!r} must hold a JSON object")
         return cls.from_mapping(data, base)
 
     @classmethod
@@ -117,7 +117,7 @@ class Settings:
         given = {k: v for k, v in overrides.items() if v is not None}
         merged = _merge(_merge(file_values, env_values), given)
         if merged.get("model_dir") in (None, "", Path()):
-            raise WorkflowError("no model repository: give --model-dir, TFAAS_MODEL_DIR or modelDir")
+            raise BadInputError("no model repository: give --model-dir, TFAAS_MODEL_DIR or modelDir")
         return _build(cls, merged, None)
 
 
@@ -137,7 +137,7 @@ def _build(cls: type[Settings], values: dict[str, Any], base: Settings | None) -
             merged["model_dir"] = Path()
         return cls(**_coerce_fields(cls, merged))
     except (TypeError, ValueError) as err:
-        raise WorkflowError(f"invalid TFaaS setting: {err}") from None
+        raise BadInputError(f"invalid TFaaS setting: {err}") from None
 
 
 def _merge(lower: dict[str, Any], higher: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +156,7 @@ def _batching_dict(value: Any) -> dict[str, Any]:
     if isinstance(value, BatchingSettings):
         return dataclasses.asdict(value)
     if not isinstance(value, Mapping):
-        raise WorkflowError(f"batching must be true, false or an object, got {value!r}")
+        raise BadInputError(f"batching must be true, false or an object, got {value!r}")
     return dict(value)
 
 
@@ -212,11 +212,11 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             try:
                 values["auth"] = json.loads(text)
             except json.JSONDecodeError as err:
-                raise WorkflowError(f"{key} must hold a JSON object: {err}") from None
+                raise BadInputError(f"{key} must hold a JSON object: {err}") from None
         elif name in field_names:
             values[name] = text
         else:
-            raise WorkflowError(f"unknown TFaaS setting in the environment: {key}")
+            raise BadInputError(f"unknown TFaaS setting in the environment: {key}")
     if batching:
         values["batching"] = batching
     return values

@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 import uproot
 
-from appliance.synthetic import SyntheticSchema, write_root_file
+from appliance.data.synthetic import SyntheticSchema, write_root_file
 
 MODEL = {
     "layers": [

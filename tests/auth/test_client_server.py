@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import client
+from mlaas4hep_client import cli as client
 from tests.auth.cases import ALICE, AUDIENCE, BOB
 from tests.auth.idp import IdentityProvider
 from tests.auth.mlaas_server import data_directory, mlaas_api

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance import client
-from appliance.auth import AuthSettings, TokenVerifier
+from mlaas4hep_client import cli as client
+from servicecore.auth import AuthSettings, TokenVerifier
 from tests.auth.conftest import AUDIENCE
 from tests.auth.idp import IdentityProvider, User, self_signed_pair
 

@@ -175,7 +175,7 @@ def test_users_never_see_cancel_or_overwrite_each_others_jobs(site, idp) -> None
 
 
 def test_a_dotted_username_gets_its_own_model_namespace(site, idp) -> None:
-    """Server model names and TFaaS ownership come from one function, appliance.auth.owner_namespace."""
+    """Server model names and TFaaS ownership come from one function, servicecore.naming.owner_namespace."""
     rossi = idp.mint(User(sub="sub-mario-rossi", username="mario.rossi", groups=(GROUP,)), AUDIENCE)
     mario = idp.mint(User(sub="sub-mario", username="mario", groups=(GROUP,)), AUDIENCE)
     assert site.submit(rossi, name="higgs")["model_name"] == "mario-2erossi.higgs"

@@ -1,4 +1,4 @@
-"""Token verification and authorisation in appliance.auth, against the test identity provider over HTTP."""
+"""Token verification and authorisation in servicecore.auth, against the test identity provider over HTTP."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import flask
 import jwt
 import pytest
 
-from appliance.auth import AuthSettings, Identity, TokenVerifier, current_identity, install_auth
-from appliance.errors import WorkflowError
+from servicecore.auth import AuthSettings, Identity, TokenVerifier, current_identity, install_auth
+from servicecore.errors import BadInputError
 from tests.auth.conftest import AUDIENCE, GROUP
 from tests.auth.idp import IdentityProvider, SigningKey, User
 from tests.support.processes import free_port
@@ -291,7 +291,7 @@ def test_verifier_api(idp, alice) -> None:
     ],
 )
 def test_bad_settings_are_refused_clearly(values, message) -> None:
-    with pytest.raises(WorkflowError, match=message):
+    with pytest.raises(BadInputError, match=message):
         AuthSettings.from_mapping(values)
 
 
@@ -312,13 +312,15 @@ def test_settings_from_a_mapping() -> None:
 
 def test_model_namespaces_are_one_to_one() -> None:
     """One function names a user's models in both services; a dotted username cannot reach another's."""
-    from appliance.auth import Identity, owner_namespace, owns
-    from appliance.jobs import model_name
+    from servicecore.auth import Identity
+    from servicecore.naming import model_name, owner_namespace, owns
 
     mario, rossi = Identity("1", "mario"), Identity("2", "mario.rossi")
     assert rossi.namespace == owner_namespace("mario.rossi") == "mario-2erossi"
     assert model_name("mario.rossi", "higgs") == "mario-2erossi.higgs"
-    assert owns(rossi, model_name("mario.rossi", "higgs")) and not owns(mario, "mario-2erossi.higgs")
-    assert not owns(rossi, "mario.higgs") and owns(mario, "mario.higgs")
-    assert not owns(Identity("3", "alice"), "alicex.higgs")
+    assert owns(rossi.username, model_name("mario.rossi", "higgs")) and not owns(
+        mario.username, "mario-2erossi.higgs"
+    )
+    assert not owns(rossi.username, "mario.higgs") and owns(mario.username, "mario.higgs")
+    assert not owns(Identity("3", "alice").username, "alicex.higgs")
     assert len({owner_namespace(u) for u in ("a.b", "a_b", "a-b", "a-2eb", "a@b")}) == 5

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from appliance.settings import Settings
+from appliance.server.settings import Settings
 from tests.support.processes import free_port, running, stop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def data_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def make_app(data_dir: Path) -> Callable[..., object]:
-    from appliance.api import create_app
+    from appliance.server.api import create_app
 
     def make(**settings: object):
         app = create_app(Settings.load(environ=server_env(data_dir, **settings)))

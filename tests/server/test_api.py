@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.jobs import owner_namespace
+from servicecore.naming import owner_namespace
 from tests.server.conftest import TINY_MODEL, TINY_PARAMS, tar_gz, workflow
 
 ALICE = {"X-Forwarded-User": "alice"}
@@ -33,8 +33,18 @@ def test_hello_and_openapi(client):
     assert client.get("/hello").get_json()["status"] == "ok"
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
-    for path in ("/upload", "/submit", "/status", "/logs", "/model", "/jobs", "/jobs/{job_id}",
-                 "/jobs/{job_id}/logs", "/jobs/{job_id}/model", "/jobs/{job_id}/plots/{name}.png"):
+    for path in (
+        "/upload",
+        "/submit",
+        "/status",
+        "/logs",
+        "/model",
+        "/jobs",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/logs",
+        "/jobs/{job_id}/model",
+        "/jobs/{job_id}/plots/{name}.png",
+    ):
         assert path in document["paths"], path
     assert set(document["paths"]["/jobs/{job_id}"]) == {"get", "delete"}
 
@@ -90,8 +100,9 @@ def test_a_model_file_that_fails_to_import(client, remote_samples):
 
 
 def test_resource_requests_above_the_limits(make_app, remote_samples):
-    client = make_app(max_memory_mb=2048, default_memory_mb=1024, max_cpus=2, max_wall_time_s=3600,
-                      default_wall_time_s=600)
+    client = make_app(
+        max_memory_mb=2048, default_memory_mb=1024, max_cpus=2, max_wall_time_s=3600, default_wall_time_s=600
+    )
     assert_error(submit(client, workflow(remote_samples, memory="3gb")), 400, "memory", "limit of 2048")
     assert_error(submit(client, workflow(remote_samples, cpus="4")), 400, "cpus", "limit of 2")
     assert_error(submit(client, workflow(remote_samples, wall_time="2h")), 400, "wall_time", "3600")
@@ -132,7 +143,7 @@ def test_owner_isolation(client, remote_samples, data_dir: Path):
 
 
 def test_owner_namespaces_never_collide():
-    from appliance.jobs import model_name
+    from servicecore.naming import model_name
 
     assert model_name("a.b", "c") != model_name("a", "b.c")
     assert owner_namespace("a.b") != owner_namespace("a_b") != owner_namespace("a-b")
@@ -151,8 +162,16 @@ def test_prototype_upload_and_submit(client, data_dir: Path, sample_files):
     upload = client.post("/upload?name=luca", data=archive, headers=ALICE)
     assert upload.status_code == 201
     assert "data/signal.root" in upload.get_json()["files"]
-    body = {"name": "luca", "device": "cpu", "memory": "3gb", "cpus": "2", "files": "files_local.txt",
-            "labels": "labels_local.txt", "model": "ex_keras_model.json", "params": "params_local.json"}
+    body = {
+        "name": "luca",
+        "device": "cpu",
+        "memory": "3gb",
+        "cpus": "2",
+        "files": "files_local.txt",
+        "labels": "labels_local.txt",
+        "model": "ex_keras_model.json",
+        "params": "params_local.json",
+    }
     # The seed poster's curl -d sends form-encoded content; the JSON body is accepted as it is.
     response = client.post("/submit", data=json.dumps(body), headers=ALICE,
                            content_type="application/x-www-form-urlencoded")  # fmt: skip

@@ -25,8 +25,11 @@ def test_submit_follow_download_and_predict_with_tfaas(data_dir, tmp_path, remot
     with api_process(data_dir, tmp_path / "api.log") as url, \
             worker_process(data_dir, tmp_path / "worker.log"), \
             tfaas_server(data_dir / "models", tmp_path) as tfaas:  # fmt: skip
-        body = workflow(remote_samples, name="ttbar", params={"epochs": 2, "batch_size": 128,
-                                                               "chunk_size": 2000, "nevts": 4000, "seed": 3})
+        body = workflow(
+            remote_samples,
+            name="ttbar",
+            params={"epochs": 2, "batch_size": 128, "chunk_size": 2000, "nevts": 4000, "seed": 3},
+        )
         submitted = requests.post(f"{url}/jobs", json=body, headers=USER, timeout=60)
         assert submitted.status_code == 201, submitted.text
         job = submitted.json()

@@ -9,7 +9,7 @@ import signal
 import pytest
 import requests
 
-from appliance.jobs import WORK_DIR
+from appliance.server.jobs import WORK_DIR
 from tests.server.conftest import (
     ENDLESS_PARAMS,
     api_process,

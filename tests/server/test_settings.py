@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import WorkflowError
-from appliance.jobs import make_huey
-from appliance.settings import Settings
+from appliance.server.jobs import make_huey
+from appliance.server.settings import Settings
+from servicecore.errors import BadInputError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "server.md"
 
@@ -42,16 +42,16 @@ def test_file_environment_and_flags_in_order(tmp_path):
     ],
 )
 def test_bad_settings_are_refused_by_name(environ, message):
-    with pytest.raises(WorkflowError, match=message):
+    with pytest.raises(BadInputError, match=message):
         Settings.load(environ=environ)
 
 
 def test_bad_config_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("port: [1\n")
-    with pytest.raises(WorkflowError, match="not valid"):
+    with pytest.raises(BadInputError, match="not valid"):
         Settings.load(bad, environ={})
-    with pytest.raises(WorkflowError, match="cannot read"):
+    with pytest.raises(BadInputError, match="cannot read"):
         Settings.load(tmp_path / "missing.yaml", environ={})
 
 

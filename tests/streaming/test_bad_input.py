@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from appliance.errors import WorkflowError
-from appliance.specs import load_or_compute_specs
-from appliance.workflow import load_workflow
+from appliance.data.specs import load_or_compute_specs
+from appliance.data.workflow import load_workflow
+from servicecore.errors import BadInputError
 from tests.streaming.conftest import write_workflow
 from tests.support.processes import free_port
 
@@ -78,7 +78,7 @@ def test_bad_workflow_input(case, message, sample_files, tmp_path):
         (tmp_path / "wf" / "params.json").write_text('{"epochs": 3,')
     if case == "missing_labels":
         paths["labels"] = str(tmp_path / "wf" / "labelz.txt")
-    with pytest.raises(WorkflowError, match=message):
+    with pytest.raises(BadInputError, match=message):
         check(paths)
     result = run_read(paths)
     assert result.returncode == 2, result.stderr
@@ -97,7 +97,7 @@ def test_unreachable_xrootd_server_is_reported_quickly(sample_files, tmp_path):
 
 def test_missing_file_on_a_live_xrootd_server(xrootd, tmp_path, sample_files):
     paths = write_workflow(tmp_path / "wf", [sample_files["signal"], xrootd.proxy_url("no/such/file.root")])
-    with pytest.raises(WorkflowError, match=r"no/such/file\.root"):
+    with pytest.raises(BadInputError, match=r"no/such/file\.root"):
         check(paths)
 
 

@@ -2,8 +2,8 @@ import awkward as ak
 import numpy as np
 import pytest
 
-from appliance.errors import WorkflowError
-from appliance.expressions import Expression
+from appliance.data.expressions import Expression
+from servicecore.errors import BadInputError
 
 
 def evaluate(text, **columns):
@@ -48,7 +48,7 @@ def test_names_lists_referenced_branches():
     ],
 )
 def test_anything_beyond_arithmetic_is_refused(text):
-    with pytest.raises(WorkflowError, match=r"not allowed|is a function|cannot parse"):
+    with pytest.raises(BadInputError, match=r"not allowed|is a function|cannot parse"):
         Expression(text)
 
 
@@ -57,5 +57,5 @@ def test_huge_powers_overflow_instead_of_hanging():
 
 
 def test_syntax_error_is_reported():
-    with pytest.raises(WorkflowError, match="cannot parse"):
+    with pytest.raises(BadInputError, match="cannot parse"):
         Expression("log(E")

@@ -4,8 +4,8 @@ import awkward as ak
 import numpy as np
 import pytest
 
-from appliance.errors import WorkflowError
-from appliance.features import BranchStats, FeatureSpec
+from appliance.data.features import BranchStats, FeatureSpec
+from servicecore.errors import BadInputError
 
 
 def make_spec(**options):
@@ -76,10 +76,10 @@ def test_round_trip_through_dict_keeps_layout_and_values():
     ],
 )
 def test_bad_raw_inputs_are_named(data, message):
-    with pytest.raises(WorkflowError, match=message):
+    with pytest.raises(BadInputError, match=message):
         make_spec().transform(data)
 
 
 def test_unknown_format_is_refused():
-    with pytest.raises(WorkflowError, match="unsupported feature spec format"):
+    with pytest.raises(BadInputError, match="unsupported feature spec format"):
         FeatureSpec.from_dict({"format": "something-else", "flat": [], "jagged": []})

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import uproot
 
-from appliance.specs import load_or_compute_specs
-from appliance.streaming import TEST, TRAIN, VALIDATION, EventStream, read_workflow
-from appliance.workflow import load_workflow
+from appliance.data.specs import load_or_compute_specs
+from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream, read_workflow
+from appliance.data.workflow import load_workflow
 from tests.streaming.conftest import write_tree, write_workflow
 
 

@@ -1,7 +1,8 @@
 """Model bundles for the TFaaS tests: small Keras models exported with the contract's signature.
 
 ``serving_default``: input ``inputs`` float32 [None, dim] -> output ``outputs``; plus params.json and
-labels.txt. Written independently of appliance.bundle so that TFaaS is tested against the contract itself.
+labels.txt.
+Written independently of appliance.training.bundle so that TFaaS is tested against the contract itself.
 """
 
 from __future__ import annotations

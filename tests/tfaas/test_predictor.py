@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 from tests.tfaas import bundles
 from tests.tfaas.bundles import reference_predict
 from tfaas.predictor import (
@@ -102,14 +102,14 @@ def test_engine_can_be_turned_off(bundle_sources: dict[str, Path]) -> None:
 
 def test_unloadable_bundle_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "saved_model.pb").write_bytes(b"not a protobuf")
-    with pytest.raises(WorkflowError, match="not a loadable SavedModel"):
+    with pytest.raises(BadInputError, match="not a loadable SavedModel"):
         load_model(read_bundle("broken", 1, tmp_path))
 
 
 def test_wrong_signature_is_a_clear_error(bundle_sources: dict[str, Path], tmp_path: Path) -> None:
     shutil.copytree(bundle_sources["small_v1"], tmp_path / "b")
     (tmp_path / "b" / "params.json").write_text(json.dumps({"signature": "predict"}))
-    with pytest.raises(WorkflowError, match="no signature 'predict'"):
+    with pytest.raises(BadInputError, match="no signature 'predict'"):
         load_model(read_bundle("b", 1, tmp_path / "b"))
 
 
@@ -131,7 +131,7 @@ def test_wrong_signature_is_a_clear_error(bundle_sources: dict[str, Path], tmp_p
     ],
 )
 def test_to_matrix_refuses_bad_values(values: object, message: str) -> None:
-    with pytest.raises(WorkflowError, match=message):
+    with pytest.raises(BadInputError, match=message):
         to_matrix(values, 3, 10)
 
 
@@ -179,10 +179,10 @@ def test_batcher_gathers_concurrent_requests_and_returns_each_its_rows() -> None
 
 def test_batcher_passes_errors_to_every_caller_of_the_batch() -> None:
     def broken(matrix: np.ndarray) -> np.ndarray:
-        raise WorkflowError("model exploded")
+        raise BadInputError("model exploded")
 
     batcher = Batcher(broken, max_rows=8, max_wait_s=0.01, in_flight=lambda: 1)
-    with pytest.raises(WorkflowError, match="exploded"):
+    with pytest.raises(BadInputError, match="exploded"):
         batcher.submit(np.zeros((1, 2), dtype=np.float32))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 from tests.support.processes import free_port, running
 from tests.tfaas.conftest import populate
 from tfaas.settings import Settings
@@ -61,18 +61,18 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
     ],
 )
 def test_bad_settings_are_named(tmp_path: Path, environ: dict[str, str], message: str) -> None:
-    with pytest.raises(WorkflowError, match=message):
+    with pytest.raises(BadInputError, match=message):
         Settings.load(environ=environ, model_dir=tmp_path)
 
 
 def test_bad_config_files(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(WorkflowError, match="not valid JSON"):
+    with pytest.raises(BadInputError, match="not valid JSON"):
         Settings.load(tmp_path / "bad.json", environ={})
     (tmp_path / "unknown.json").write_text(json.dumps({"modelDir": "/m", "colour": "blue"}))
-    with pytest.raises(WorkflowError, match="unknown TFaaS setting 'colour'"):
+    with pytest.raises(BadInputError, match="unknown TFaaS setting 'colour'"):
         Settings.load(tmp_path / "unknown.json", environ={})
-    with pytest.raises(WorkflowError, match="no model repository"):
+    with pytest.raises(BadInputError, match="no model repository"):
         Settings.load(environ={})
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import uproot
 
-from appliance.features import FeatureSpec
-from appliance.training import run_training
+from appliance.data.features import FeatureSpec
+from appliance.training.trainer import run_training
 from tests.tfaas.bundles import reference_predict
 from tests.tfaas.server import tfaas_server
 from tests.training.conftest import write_workflow

@@ -31,16 +31,26 @@ class WorkflowFiles:
     directory: Path
 
     def kwargs(self, **extra: object) -> dict[str, object]:
-        return {"files": self.files, "labels": self.labels, "params": self.params, "model": self.model,
-                **extra}
+        return {
+            "files": self.files,
+            "labels": self.labels,
+            "params": self.params,
+            "model": self.model,
+            **extra,
+        }
 
 
 MakeWorkflow = Callable[..., WorkflowFiles]
 
 
-def write_workflow(directory: Path, files: Sequence[str | Path], labels: Sequence[int | str],
-                   params: dict | None = None, model: dict | str | None = None,
-                   model_suffix: str = ".json") -> WorkflowFiles:
+def write_workflow(
+    directory: Path,
+    files: Sequence[str | Path],
+    labels: Sequence[int | str],
+    params: dict | None = None,
+    model: dict | str | None = None,
+    model_suffix: str = ".json",
+) -> WorkflowFiles:
     """Write files.txt, labels.txt, params.json and a model file into ``directory``."""
     directory.mkdir(parents=True)
     (directory / "files.txt").write_text("".join(f"{f}\n" for f in files))
@@ -49,8 +59,9 @@ def write_workflow(directory: Path, files: Sequence[str | Path], labels: Sequenc
     model = SMALL_MODEL if model is None else model
     model_path = directory / f"model{model_suffix}"
     model_path.write_text(model if isinstance(model, str) else json.dumps(model))
-    return WorkflowFiles(directory / "files.txt", directory / "labels.txt", directory / "params.json",
-                         model_path, directory)
+    return WorkflowFiles(
+        directory / "files.txt", directory / "labels.txt", directory / "params.json", model_path, directory
+    )
 
 
 @pytest.fixture

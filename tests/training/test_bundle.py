@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance import bundle
-from appliance.bundle import check_output_directory, next_version, publish
-from appliance.errors import WorkflowError
+from appliance.training import bundle
+from appliance.training.bundle import check_output_directory, publish
+from servicecore import naming
+from servicecore.errors import BadInputError
+from servicecore.naming import next_version
 
 
 def fake_bundle(path: Path, marker: str = "a") -> Path:
@@ -96,12 +98,12 @@ def test_a_failed_publication_leaves_nothing_in_the_repository(tmp_path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         publish(source, repo, "m")
     assert list((repo / ".incoming").iterdir()) == []
-    assert bundle.versions(repo / "m") == []
+    assert naming.versions(repo / "m") == []
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 200, "a..b"])
 def test_model_names_that_could_escape_or_hide_are_refused(tmp_path, name):
-    with pytest.raises(WorkflowError, match="model name"):
+    with pytest.raises(BadInputError, match="model name"):
         publish(fake_bundle(tmp_path / "b"), tmp_path / "models", name)
 
 
@@ -111,11 +113,11 @@ def test_output_directory_with_other_files_is_refused_but_an_earlier_bundle_is_n
     check_output_directory(tmp_path / "empty")
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "chapter1.tex").write_text("precious")
-    with pytest.raises(WorkflowError, match="not empty and holds no model bundle"):
+    with pytest.raises(BadInputError, match="not empty and holds no model bundle"):
         check_output_directory(tmp_path / "thesis")
     check_output_directory(fake_bundle(tmp_path / "old"))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(WorkflowError, match="not a directory"):
+    with pytest.raises(BadInputError, match="not a directory"):
         check_output_directory(tmp_path / "file")
 
 

@@ -23,22 +23,50 @@ def mlaas4hep(*args: object) -> list[str]:
 
 
 def train_args(workflow, fout: Path, *extra: object) -> list[str]:
-    return mlaas4hep("train", "--files", workflow.files, "--labels", workflow.labels,
-                     "--params", workflow.params, "--model", workflow.model, "--fout", fout, "--quiet",
-                     *extra)
+    return mlaas4hep(
+        "train",
+        "--files",
+        workflow.files,
+        "--labels",
+        workflow.labels,
+        "--params",
+        workflow.params,
+        "--model",
+        workflow.model,
+        "--fout",
+        fout,
+        "--quiet",
+        *extra,
+    )
 
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def test_train_through_the_xrootd_proxy_publishes_a_bundle(tmp_path, xrootd, sample_files):
-    urls = [xrootd.proxy_url(xrootd.add_file(sample_files[kind], f"cli/{kind}.root"))
-            for kind in ("signal", "background")]
+    urls = [
+        xrootd.proxy_url(xrootd.add_file(sample_files[kind], f"cli/{kind}.root"))
+        for kind in ("signal", "background")
+    ]
     workflow = write_workflow(tmp_path / "wf", urls, [1, 0], params={"epochs": 2})
     progress = tmp_path / "progress.jsonl"
-    done = subprocess.run(train_args(workflow, tmp_path / "out", "--publish", tmp_path / "models", "--name",
-                                     "alice.ttbar", "--progress-file", progress),
-                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    done = subprocess.run(
+        train_args(
+            workflow,
+            tmp_path / "out",
+            "--publish",
+            tmp_path / "models",
+            "--name",
+            "alice.ttbar",
+            "--progress-file",
+            progress,
+        ),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -50,17 +78,33 @@ def test_train_through_the_xrootd_proxy_publishes_a_bundle(tmp_path, xrootd, sam
     params = json.loads((tmp_path / "models" / "alice.ttbar" / "1" / "params.json").read_text())
     assert [f["url"] for f in params["features"]["dataset"]["files"]] == urls
     events = [json.loads(line) for line in progress.read_text().splitlines()]
-    assert [e["stage"] for e in events if e["stage"] != "train"] == ["specs", "specs", "evaluate", "publish",
-                                                                      "done"]
+    assert [e["stage"] for e in events if e["stage"] != "train"] == [
+        "specs",
+        "specs",
+        "evaluate",
+        "publish",
+        "done",
+    ]
     assert [e["epoch"] for e in events if e["stage"] == "train" and not e.get("partial")] == [0, 1, 2]
 
 
 def test_bad_input_exits_with_code_2_and_a_clear_message(tmp_path, sample_files):
-    workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0],
-                              model="import keras\n", model_suffix=".py")
+    workflow = write_workflow(
+        tmp_path / "wf",
+        [sample_files["signal"], sample_files["background"]],
+        [1, 0],
+        model="import keras\n",
+        model_suffix=".py",
+    )
     progress = tmp_path / "progress.jsonl"
-    done = subprocess.run(train_args(workflow, tmp_path / "out", "--progress-file", progress),
-                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    done = subprocess.run(
+        train_args(workflow, tmp_path / "out", "--progress-file", progress),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        timeout=600,
+    )
     assert done.returncode == 2
     assert "defines no function model(idim)" in done.stderr
     assert "Traceback" not in done.stderr
@@ -71,12 +115,20 @@ def test_bad_input_exits_with_code_2_and_a_clear_message(tmp_path, sample_files)
 
 
 def test_a_terminated_training_cleans_up_and_publishes_nothing(tmp_path, sample_files):
-    workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0],
-                              params={"epochs": 1000})
+    workflow = write_workflow(
+        tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0], params={"epochs": 1000}
+    )
     progress = tmp_path / "progress.jsonl"
-    proc = subprocess.Popen(train_args(workflow, tmp_path / "out" / "m", "--publish", tmp_path / "models",
-                                       "--progress-file", progress),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
+    proc = subprocess.Popen(
+        train_args(
+            workflow, tmp_path / "out" / "m", "--publish", tmp_path / "models", "--progress-file", progress
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:

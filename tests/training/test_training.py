@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import uproot
 
-from appliance.errors import WorkflowError
-from appliance.training import run_training
+from appliance.training.trainer import run_training
+from servicecore.errors import BadInputError
 from tests.training.conftest import write_workflow
 
 pytestmark = pytest.mark.slow
@@ -28,10 +28,12 @@ def train(workflow, fout: Path, **extra: Any) -> tuple[dict[str, Any], list[dict
 def separable(tmp_path_factory, sample_files):
     """One training on signal against background, shared by the tests that inspect its results."""
     base = tmp_path_factory.mktemp("separable")
-    workflow = write_workflow(base / "workflow", [sample_files["signal"], sample_files["background"]], [1, 0],
-                              params={"epochs": 3})
-    result, events = train(workflow, base / "out" / "higgs", publish=base / "models",
-                           specs=base / "specs.json")
+    workflow = write_workflow(
+        base / "workflow", [sample_files["signal"], sample_files["background"]], [1, 0], params={"epochs": 3}
+    )
+    result, events = train(
+        workflow, base / "out" / "higgs", publish=base / "models", specs=base / "specs.json"
+    )
     return {"result": result, "events": events, "base": base, "workflow": workflow}
 
 
@@ -58,8 +60,9 @@ def test_every_epoch_reports_progress_with_validation_and_rate(separable):
     stages = [e["stage"] for e in separable["events"]]
     assert stages[0] == "specs" and stages[-1] == "done"
     assert stages.index("evaluate") < stages.index("publish") < stages.index("done")
-    epochs = [e for e in separable["events"]
-              if e["stage"] == "train" and e["epoch"] > 0 and not e.get("partial")]
+    epochs = [
+        e for e in separable["events"] if e["stage"] == "train" and e["epoch"] > 0 and not e.get("partial")
+    ]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     for record in epochs:
         assert record["epochs"] == 3
@@ -74,8 +77,15 @@ def test_every_epoch_reports_progress_with_validation_and_rate(separable):
 
 def test_the_bundle_describes_itself(separable):
     bundle = Path(separable["result"]["bundle"])
-    assert {"saved_model.pb", "variables", "params.json", "labels.txt", "metrics.json", "roc.png",
-            "loss.png"} <= {p.name for p in bundle.iterdir()}
+    assert {
+        "saved_model.pb",
+        "variables",
+        "params.json",
+        "labels.txt",
+        "metrics.json",
+        "roc.png",
+        "loss.png",
+    } <= {p.name for p in bundle.iterdir()}
     params = json.loads((bundle / "params.json").read_text())
     assert params["name"] == "higgs" and params["model"] == "saved_model.pb"
     assert params["labels"] == "labels.txt"
@@ -102,6 +112,7 @@ def test_the_bundle_is_published_as_version_one(separable):
 
 def oracle_vector(features: dict[str, Any], events: dict[str, Any], i: int) -> list[float]:
     """The normalised vector of event ``i`` as the architecture defines it, one value at a time."""
+
     def normalise(stats: dict[str, Any], value: float) -> float:
         span = stats["max"] - stats["min"]
         return (value - stats["min"]) / span if span > 0 else 0.0
@@ -109,15 +120,17 @@ def oracle_vector(features: dict[str, Any], events: dict[str, Any], i: int) -> l
     vector = [normalise(b, float(events[b["name"]][i])) for b in features["flat"]]
     for b in features["jagged"]:
         values = list(events[b["name"]][i])
-        vector += [normalise(b, float(values[k])) if k < len(values) else features["nan_value"]
-                   for k in range(b["length"])]
+        vector += [
+            normalise(b, float(values[k])) if k < len(values) else features["nan_value"]
+            for k in range(b["length"])
+        ]
     return vector
 
 
 def test_plain_tensorflow_predicts_the_same_from_raw_branches_as_from_normal_vectors(separable, sample_files):
     import tensorflow as tf
 
-    from appliance.features import FeatureSpec
+    from appliance.data.features import FeatureSpec
 
     bundle = Path(separable["result"]["bundle"])
     params = json.loads((bundle / "params.json").read_text())
@@ -141,8 +154,12 @@ def test_plain_tensorflow_predicts_the_same_from_raw_branches_as_from_normal_vec
 
 
 def test_identical_distributions_give_a_test_auc_of_about_one_half(tmp_path, sample_files):
-    workflow = write_workflow(tmp_path / "wf", [sample_files["background_twin"], sample_files["background"]],
-                              [1, 0], params={"epochs": 2})
+    workflow = write_workflow(
+        tmp_path / "wf",
+        [sample_files["background_twin"], sample_files["background"]],
+        [1, 0],
+        params={"epochs": 2},
+    )
     result, _ = train(workflow, tmp_path / "out")
     assert 0.42 < result["metrics"]["auc"] < 0.58
 
@@ -150,8 +167,12 @@ def test_identical_distributions_give_a_test_auc_of_about_one_half(tmp_path, sam
 def test_same_seed_same_model_and_an_earlier_bundle_is_replaced(tmp_path, sample_files):
     import tensorflow as tf
 
-    workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0],
-                              params={"epochs": 1, "nevts": 2000})
+    workflow = write_workflow(
+        tmp_path / "wf",
+        [sample_files["signal"], sample_files["background"]],
+        [1, 0],
+        params={"epochs": 1, "nevts": 2000},
+    )
 
     def predictions() -> np.ndarray:
         dim = json.loads((tmp_path / "out" / "params.json").read_text())["features"]["dim"]
@@ -168,12 +189,22 @@ def test_same_seed_same_model_and_an_earlier_bundle_is_replaced(tmp_path, sample
 
 
 def test_multiclass_with_balanced_class_weights(tmp_path, sample_files):
-    model = {"layers": [{"type": "Dense", "units": 16, "activation": "relu"},
-                        {"type": "Dense", "units": 3, "activation": "softmax"}],
-             "loss": "sparse_categorical_crossentropy", "optimizer": {"name": "adam", "learning_rate": 0.01}}
+    model = {
+        "layers": [
+            {"type": "Dense", "units": 16, "activation": "relu"},
+            {"type": "Dense", "units": 3, "activation": "softmax"},
+        ],
+        "loss": "sparse_categorical_crossentropy",
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+    }
     files = [sample_files["signal"], sample_files["background"], sample_files["background_twin"]]
-    workflow = write_workflow(tmp_path / "wf", files, ["signal", "background", "other"],
-                              params={"epochs": 2, "class_weight": "balanced"}, model=model)
+    workflow = write_workflow(
+        tmp_path / "wf",
+        files,
+        ["signal", "background", "other"],
+        params={"epochs": 2, "class_weight": "balanced"},
+        model=model,
+    )
     result, _ = train(workflow, tmp_path / "out")
     metrics = result["metrics"]
     assert set(metrics["auc_per_class"]) == {"background", "other", "signal"}
@@ -195,8 +226,14 @@ def model(idim):
     m.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     return m
 """
-    workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0],
-                              params={"epochs": 1, "nevts": 3000}, model=source, model_suffix=".py")
+    workflow = write_workflow(
+        tmp_path / "wf",
+        [sample_files["signal"], sample_files["background"]],
+        [1, 0],
+        params={"epochs": 1, "nevts": 3000},
+        model=source,
+        model_suffix=".py",
+    )
     result, _ = train(workflow, tmp_path / "out")
     assert result["metrics"]["auc"] > 0.6
     document = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -219,24 +256,29 @@ def test_nan_or_infinite_values_in_a_branch_are_refused(tmp_path):
     values[[3, 7]] = [np.nan, np.inf]
     bad = write_tree(tmp_path / "bad.root", {"a": values, "b": np.ones(100)})
     workflow = write_workflow(tmp_path / "wf", [good, bad], [0, 1])
-    with pytest.raises(WorkflowError, match=r"NaN or infinite values: a \(2\)"):
+    with pytest.raises(BadInputError, match=r"NaN or infinite values: a \(2\)"):
         train(workflow, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_a_single_class_is_refused(tmp_path, sample_files):
     workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 1])
-    with pytest.raises(WorkflowError, match="at least two classes"):
+    with pytest.raises(BadInputError, match="at least two classes"):
         train(workflow, tmp_path / "out")
 
 
 def test_bad_model_is_refused_before_anything_is_written(tmp_path, sample_files):
-    workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0],
-                              model={"layers": [{"type": "Transformer", "units": 3}]})
+    workflow = write_workflow(
+        tmp_path / "wf",
+        [sample_files["signal"], sample_files["background"]],
+        [1, 0],
+        model={"layers": [{"type": "Transformer", "units": 3}]},
+    )
     events: list[dict] = []
-    with pytest.raises(WorkflowError, match="unknown layer type 'Transformer'"):
-        run_training(**workflow.kwargs(fout=tmp_path / "out", publish=tmp_path / "models"),
-                     progress=events.append)
+    with pytest.raises(BadInputError, match="unknown layer type 'Transformer'"):
+        run_training(
+            **workflow.kwargs(fout=tmp_path / "out", publish=tmp_path / "models"), progress=events.append
+        )
     assert events == []  # refused before pass 1 reads any data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wf"]
 
@@ -246,7 +288,7 @@ def test_an_output_directory_holding_other_files_is_refused_before_training(tmp_
     (tmp_path / "out" / "notes.txt").write_text("keep me")
     workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0])
     events: list[dict] = []
-    with pytest.raises(WorkflowError, match="not empty"):
+    with pytest.raises(BadInputError, match="not empty"):
         run_training(**workflow.kwargs(fout=tmp_path / "out"), progress=events.append)
     assert events == []
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
@@ -254,16 +296,21 @@ def test_an_output_directory_holding_other_files_is_refused_before_training(tmp_
 
 @pytest.mark.parametrize("stage", ["evaluate", "publish"])
 def test_an_interrupted_training_leaves_no_partial_bundle(tmp_path, sample_files, stage):
-    workflow = write_workflow(tmp_path / "wf", [sample_files["signal"], sample_files["background"]], [1, 0],
-                              params={"epochs": 1, "nevts": 2000})
+    workflow = write_workflow(
+        tmp_path / "wf",
+        [sample_files["signal"], sample_files["background"]],
+        [1, 0],
+        params={"epochs": 1, "nevts": 2000},
+    )
 
     def interrupt(event: dict[str, Any]) -> None:
         if event["stage"] == stage:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_training(**workflow.kwargs(fout=tmp_path / "out" / "m", publish=tmp_path / "models"),
-                     progress=interrupt)
+        run_training(
+            **workflow.kwargs(fout=tmp_path / "out" / "m", publish=tmp_path / "models"), progress=interrupt
+        )
     leftovers = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert leftovers == ([] if stage == "evaluate" else ["m"])  # before publishing, the bundle is complete
     models = tmp_path / "models"

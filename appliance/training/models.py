@@ -3,7 +3,7 @@
 A Python model file is the original MLaaS4HEP's contract: ``model(idim)`` returns a compiled Keras model whose
 input takes ``idim`` features. A JSON model describes a stack of layers, the loss, the optimizer and the
 metrics; it is built from a fixed list of Keras layers and options, so a user with no Python can train a
-standard classifier and the service runs nothing but Keras. Every problem raises :class:`WorkflowError`.
+standard classifier and the service runs nothing but Keras. Every problem raises :class:`BadInputError`.
 
 JSON model (``examples/model.json``)::
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 
 # Set before TensorFlow loads: the job worker's logs should not fill with its start-up chatter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -127,7 +127,7 @@ def load_model(path: str | Path, idim: int, n_classes: int) -> tuple[keras.Model
     """Build the user's compiled model for ``idim`` inputs and check it fits the data's classes."""
     path = Path(path)
     if not path.is_file():
-        raise WorkflowError(f"model file {str(path)!r} does not exist")
+        raise BadInputError(f"model file {str(path)!r} does not exist")
     if path.suffix == ".json":
         model = build_json_model(_read_json_model(path), idim, n_classes, source=str(path))
     else:
@@ -140,45 +140,45 @@ def preflight_model(path: str | Path) -> None:
     not build, a Python file that does not parse. The full checks need the input dimension."""
     path = Path(path)
     if not path.is_file():
-        raise WorkflowError(f"model file {str(path)!r} does not exist")
+        raise BadInputError(f"model file {str(path)!r} does not exist")
     if path.suffix == ".json":
         build_json_model(_read_json_model(path), 1, 2, source=str(path))
         return
     try:
         compile(path.read_bytes(), str(path), "exec")
     except (SyntaxError, ValueError) as err:
-        raise WorkflowError(f"model file {str(path)!r} failed to load: {_describe(err)}") from None
+        raise BadInputError(f"model file {str(path)!r} failed to load: {_describe(err)}") from None
 
 
 def _call_python_model(path: Path, idim: int) -> keras.Model:
     module_name = f"mlaas4hep_user_model_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise WorkflowError(f"model file {str(path)!r} is not a Python file")
+        raise BadInputError(f"model file {str(path)!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as err:
-        raise WorkflowError(f"model file {str(path)!r} failed to load: {_describe(err)}") from None
+        raise BadInputError(f"model file {str(path)!r} failed to load: {_describe(err)}") from None
     finally:
         sys.modules.pop(module_name, None)
     factory = getattr(module, "model", None)
     if factory is None:
-        raise WorkflowError(f"model file {str(path)!r} defines no function model(idim)")
+        raise BadInputError(f"model file {str(path)!r} defines no function model(idim)")
     if not callable(factory):
-        raise WorkflowError(
+        raise BadInputError(
             f"model file {str(path)!r}: 'model' is a {type(factory).__name__}, not a function model(idim)"
         )
     try:
         model = factory(idim)
     except (Exception, SystemExit) as err:
-        raise WorkflowError(f"model file {str(path)!r}: model({idim}) raised {_describe(err)}") from None
+        raise BadInputError(f"model file {str(path)!r}: model({idim}) raised {_describe(err)}") from None
     if not isinstance(model, keras.Model):
-        raise WorkflowError(
+        raise BadInputError(
             f"model file {str(path)!r}: model({idim}) returned a {type(model).__name__}, not a Keras model"
         )
     if not model.compiled:
-        raise WorkflowError(
+        raise BadInputError(
             f"model file {str(path)!r}: model({idim}) returned a model that is not compiled; "
             "call model.compile(loss=..., optimizer=...) before returning it"
         )
@@ -194,41 +194,41 @@ def _read_json_model(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WorkflowError(f"model file {str(path)!r} is not valid JSON: {err}") from None
+        raise BadInputError(f"model file {str(path)!r} is not valid JSON: {err}") from None
 
 
 def build_json_model(data: Any, idim: int, n_classes: int, source: str = "model.json") -> keras.Model:
     """Build and compile a declarative model. Only the layers and options listed in this module exist."""
     if not isinstance(data, Mapping):
-        raise WorkflowError(f"{source}: a JSON model is an object with {', '.join(JSON_MODEL_KEYS)}")
+        raise BadInputError(f"{source}: a JSON model is an object with {', '.join(JSON_MODEL_KEYS)}")
     unknown = sorted(set(data) - set(JSON_MODEL_KEYS))
     if unknown:
-        raise WorkflowError(
+        raise BadInputError(
             f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(JSON_MODEL_KEYS)}"
         )
     layers_data = data.get("layers")
     if not isinstance(layers_data, list) or not layers_data:
-        raise WorkflowError(f'{source}: "layers" must be a non-empty list of layer objects')
+        raise BadInputError(f'{source}: "layers" must be a non-empty list of layer objects')
     layers = [keras.Input(shape=(idim,), name="inputs")]
     layers += [_json_layer(layer, f"{source}: layer {i + 1}") for i, layer in enumerate(layers_data)]
     model = keras.Sequential(layers, name="json_model")
     last_units = model.output_shape[-1]
     loss = data.get("loss", "binary_crossentropy" if last_units == 1 else "sparse_categorical_crossentropy")
     if not isinstance(loss, str):
-        raise WorkflowError(f'{source}: "loss" must be the name of a Keras loss, got {loss!r}')
+        raise BadInputError(f'{source}: "loss" must be the name of a Keras loss, got {loss!r}')
     try:
         keras.losses.get(loss)
     except (ValueError, TypeError):
-        raise WorkflowError(f"{source}: unknown loss {loss!r}") from None
+        raise BadInputError(f"{source}: unknown loss {loss!r}") from None
     metrics = data.get("metrics", ["accuracy"])
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-        raise WorkflowError(f'{source}: "metrics" must be a list of metric names, got {metrics!r}')
+        raise BadInputError(f'{source}: "metrics" must be a list of metric names, got {metrics!r}')
     for metric in metrics:
         if metric not in ("accuracy", "acc"):
             try:
                 keras.metrics.get(metric)
             except (ValueError, TypeError):
-                raise WorkflowError(f"{source}: unknown metric {metric!r}") from None
+                raise BadInputError(f"{source}: unknown metric {metric!r}") from None
     model.compile(
         loss=loss, optimizer=_json_optimizer(data.get("optimizer", "adam"), source), metrics=metrics
     )
@@ -237,85 +237,85 @@ def build_json_model(data: Any, idim: int, n_classes: int, source: str = "model.
 
 def _json_layer(layer: Any, where: str) -> keras.layers.Layer:
     if not isinstance(layer, Mapping) or "type" not in layer:
-        raise WorkflowError(f'{where}: a layer is an object with a "type", got {layer!r}')
+        raise BadInputError(f'{where}: a layer is an object with a "type", got {layer!r}')
     kind = layer["type"]
     if kind not in LAYERS:
-        raise WorkflowError(f"{where}: unknown layer type {kind!r}; known: {', '.join(LAYERS)}")
+        raise BadInputError(f"{where}: unknown layer type {kind!r}; known: {', '.join(LAYERS)}")
     options = {k: v for k, v in layer.items() if k != "type"}
     allowed = LAYERS[kind]
     for key, value in options.items():
         if key not in allowed:
-            raise WorkflowError(f"{where}: {kind} takes no option {key!r}; it takes {', '.join(allowed)}")
+            raise BadInputError(f"{where}: {kind} takes no option {key!r}; it takes {', '.join(allowed)}")
         if not isinstance(value, allowed[key]) or (isinstance(value, bool) and bool not in allowed[key]):
-            raise WorkflowError(f"{where}: {kind} option {key!r} has the wrong type: {value!r}")
+            raise BadInputError(f"{where}: {kind} option {key!r} has the wrong type: {value!r}")
     missing = [k for k in REQUIRED.get(kind, ()) if k not in options]
     if missing:
-        raise WorkflowError(f"{where}: {kind} needs {', '.join(missing)}")
+        raise BadInputError(f"{where}: {kind} needs {', '.join(missing)}")
     if "activation" in options and options["activation"] not in ACTIVATIONS:
-        raise WorkflowError(
+        raise BadInputError(
             f"{where}: unknown activation {options['activation']!r}; known: {', '.join(ACTIVATIONS)}"
         )
     if "units" in options and options["units"] <= 0:
-        raise WorkflowError(f"{where}: units must be positive, got {options['units']}")
+        raise BadInputError(f"{where}: units must be positive, got {options['units']}")
     if "rate" in options and not 0 <= options["rate"] < 1:
-        raise WorkflowError(f"{where}: rate must be in [0, 1), got {options['rate']}")
+        raise BadInputError(f"{where}: rate must be in [0, 1), got {options['rate']}")
     try:
         return getattr(keras.layers, kind)(**options)
     except (ValueError, TypeError) as err:
-        raise WorkflowError(f"{where}: {kind}: {_describe(err)}") from None
+        raise BadInputError(f"{where}: {kind}: {_describe(err)}") from None
 
 
 def _json_optimizer(spec: Any, source: str) -> keras.optimizers.Optimizer:
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise WorkflowError(f'{source}: "optimizer" is a name or an object with a "name", got {spec!r}')
+        raise BadInputError(f'{source}: "optimizer" is a name or an object with a "name", got {spec!r}')
     name = spec["name"].lower()
     if name not in OPTIMIZERS:
-        raise WorkflowError(f"{source}: unknown optimizer {spec['name']!r}; known: {', '.join(OPTIMIZERS)}")
+        raise BadInputError(f"{source}: unknown optimizer {spec['name']!r}; known: {', '.join(OPTIMIZERS)}")
     options = {k: v for k, v in spec.items() if k != "name"}
     for key, value in options.items():
         if key not in OPTIMIZER_OPTIONS:
-            raise WorkflowError(
+            raise BadInputError(
                 f"{source}: unknown optimizer option {key!r}; known: {', '.join(OPTIMIZER_OPTIONS)}"
             )
         if not isinstance(value, int | float):
-            raise WorkflowError(f"{source}: optimizer option {key!r} must be a number, got {value!r}")
+            raise BadInputError(f"{source}: optimizer option {key!r} must be a number, got {value!r}")
     try:
         return OPTIMIZERS[name](**options)
     except (ValueError, TypeError) as err:
-        raise WorkflowError(f"{source}: optimizer {name}: {_describe(err)}") from None
+        raise BadInputError(f"{source}: optimizer {name}: {_describe(err)}") from None
 
 
 def check_model(model: keras.Model, idim: int, n_classes: int, source: str = "model") -> TargetEncoding:
     """Check the model takes ``idim`` inputs and has outputs for the classes; choose the target encoding."""
     if len(model.inputs if model.built else [None]) != 1:
-        raise WorkflowError(f"{source}: the model must have exactly one input, it has {len(model.inputs)}")
+        raise BadInputError(f"{source}: the model must have exactly one input, it has {len(model.inputs)}")
     try:
         outputs = model(np.zeros((2, idim), dtype=np.float32), training=False)
     except Exception as err:
         expected = ""
         if model.built and model.inputs:
             expected = f" (the model expects {model.inputs[0].shape[-1]})"
-        raise WorkflowError(
+        raise BadInputError(
             f"{source}: the model does not accept the data's {idim} input features{expected}: "
             f"{_describe(err)}"
         ) from None
     if isinstance(outputs, list | tuple | dict):
-        raise WorkflowError(f"{source}: the model must have exactly one output")
+        raise BadInputError(f"{source}: the model must have exactly one output")
     shape = tuple(outputs.shape)
     if len(shape) != 2:
-        raise WorkflowError(f"{source}: the model's output must be [batch, units], got shape {shape}")
+        raise BadInputError(f"{source}: the model's output must be [batch, units], got shape {shape}")
     n_outputs = int(shape[1])
     if n_outputs == 1:
         if n_classes != 2:
-            raise WorkflowError(
+            raise BadInputError(
                 f"{source}: the model has 1 output unit but the data has {n_classes} classes; "
                 f"use {n_classes} units (softmax)"
             )
         return TargetEncoding("binary", 1)
     if n_outputs != n_classes:
-        raise WorkflowError(
+        raise BadInputError(
             f"{source}: the model has {n_outputs} output units but the data has {n_classes} classes"
         )
     return TargetEncoding("sparse" if "sparse" in _loss_name(model.loss) else "onehot", n_outputs)

@@ -1,6 +1,7 @@
 """The preprocessing contract: how raw branch values become the model's input matrix.
 
-A :class:`FeatureSpec` is computed by pass 1 (``appliance.specs``), applied to every chunk by the stream, and
+A :class:`FeatureSpec` is computed by pass 1
+(``appliance.data.specs``), applied to every chunk by the stream, and
 saved in the model bundle's ``params.json`` so that TFaaS applies exactly the same transformation to raw
 branch values sent by a client. It depends only on NumPy and awkward.
 
@@ -17,8 +18,8 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from appliance.errors import WorkflowError
-from appliance.expressions import Expression
+from appliance.data.expressions import Expression
+from servicecore.errors import BadInputError
 
 FORMAT = "mlaas4hep-features/1"
 NORMALISATIONS = ("minmax", "standard", "none")
@@ -62,7 +63,7 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
-            raise WorkflowError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+            raise BadInputError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
         self._expressions = {
             name: Expression(definition["def"], where=f"new branch {name!r}")
             for name, definition in self.new_branches.items()
@@ -167,7 +168,7 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
         if data.get("format") != FORMAT:
-            raise WorkflowError(
+            raise BadInputError(
                 f"unsupported feature spec format {data.get('format')!r}, expected {FORMAT!r}"
             )
         try:
@@ -181,9 +182,9 @@ class FeatureSpec:
                 dataset=dict(data.get("dataset", {})),
             )
         except (KeyError, TypeError) as err:
-            raise WorkflowError(f"malformed feature spec: {err}") from None
+            raise BadInputError(f"malformed feature spec: {err}") from None
         if "dim" in data and data["dim"] != spec.dim:
-            raise WorkflowError(f"feature spec says dim {data['dim']} but its branches give {spec.dim}")
+            raise BadInputError(f"feature spec says dim {data['dim']} but its branches give {spec.dim}")
         return spec
 
 
@@ -191,7 +192,7 @@ def _lookup(columns: Mapping[str, Any], name: str) -> Any:
     try:
         return columns[name]
     except KeyError:
-        raise WorkflowError(f"branch {name!r} is missing from the input") from None
+        raise BadInputError(f"branch {name!r} is missing from the input") from None
 
 
 def _n_events(columns: Mapping[str, Any], branches: list[BranchStats]) -> int:
@@ -244,11 +245,11 @@ def _jagged_parts(array: Any, name: str, n_events: int) -> tuple[np.ndarray, np.
             content = np.asarray(ak.to_numpy(ak.flatten(array, axis=1)), dtype=np.float64)
             offsets = np.concatenate([[0], np.cumsum(counts)])
     except (ValueError, TypeError, ak.errors.AxisError) as err:
-        raise WorkflowError(f"branch {name!r} must hold a list of numbers per event ({err})") from None
+        raise BadInputError(f"branch {name!r} must hold a list of numbers per event ({err})") from None
     if content.dtype.kind not in "biuf":
-        raise WorkflowError(f"branch {name!r} must hold a list of numbers per event")
+        raise BadInputError(f"branch {name!r} must hold a list of numbers per event")
     if len(offsets) - 1 != n_events:
-        raise WorkflowError(f"branch {name!r} has {len(offsets) - 1} events, expected {n_events}")
+        raise BadInputError(f"branch {name!r} has {len(offsets) - 1} events, expected {n_events}")
     return offsets, content
 
 
@@ -258,9 +259,9 @@ def _flat_values(array: Any, name: str, n_events: int) -> np.ndarray:
             array = ak.to_numpy(array)
         values = np.asarray(array, dtype=np.float64)
     except (ValueError, TypeError):
-        raise WorkflowError(f"branch {name!r} must hold one number per event") from None
+        raise BadInputError(f"branch {name!r} must hold one number per event") from None
     if values.ndim != 1:
-        raise WorkflowError(f"branch {name!r} must hold one number per event, got shape {values.shape}")
+        raise BadInputError(f"branch {name!r} must hold one number per event, got shape {values.shape}")
     if len(values) != n_events:
-        raise WorkflowError(f"branch {name!r} has {len(values)} events, expected {n_events}")
+        raise BadInputError(f"branch {name!r} has {len(values)} events, expected {n_events}")
     return values

@@ -47,9 +47,9 @@ from typing import Any
 from huey import Huey, RedisHuey, SqliteHuey
 
 import appliance
-from appliance.auth import owner_namespace
-from appliance.errors import WorkflowError
-from appliance.settings import Settings
+from appliance.server.settings import Settings
+from servicecore import atomic
+from servicecore.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +105,22 @@ class Resources:
             try:
                 cpus = float(cpus_value)
             except (TypeError, ValueError):
-                raise WorkflowError(f"cpus must be a number, got {cpus_value!r}") from None
+                raise BadInputError(f"cpus must be a number, got {cpus_value!r}") from None
             if isinstance(cpus_value, bool) or not math.isfinite(cpus) or cpus <= 0:
-                raise WorkflowError(f"cpus must be a positive number, got {cpus_value!r}")
+                raise BadInputError(f"cpus must be a positive number, got {cpus_value!r}")
         wall = _quantity(request.get("wall_time"), DURATION_UNITS, "wall_time", settings.default_wall_time_s)
         device = request.get("device") or "cpu"
         if device not in ("cpu", "gpu"):
-            raise WorkflowError(f'device must be "cpu" or "gpu", got {device!r}')
+            raise BadInputError(f'device must be "cpu" or "gpu", got {device!r}')
         if device == "gpu" and not settings.gpu_jobs:
-            raise WorkflowError('this server runs no GPU jobs: ask for "device": "cpu"')
+            raise BadInputError('this server runs no GPU jobs: ask for "device": "cpu"')
         for what, asked, limit, unit in (
             ("memory", memory, settings.max_memory_mb, " MiB"),
             ("cpus", cpus, settings.max_cpus, ""),
             ("wall_time", wall, settings.max_wall_time_s, " s"),
         ):
             if asked > limit:
-                raise WorkflowError(
+                raise BadInputError(
                     f"{what} {_number(asked)}{unit} is above this server's limit of {limit}{unit}"
                 )
         return cls(
@@ -132,22 +132,22 @@ def _quantity(value: Any, units: Mapping[str, float], what: str, default: float)
     if value in (None, ""):
         return float(default)
     if isinstance(value, bool):
-        raise WorkflowError(f"{what} must be a number or a string like '2gb', got {value!r}")
+        raise BadInputError(f"{what} must be a number or a string like '2gb', got {value!r}")
     if isinstance(value, int | float):
         number, unit = float(value), ""
     else:
         match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
         if match is None:
-            raise WorkflowError(f"{what} must be a number or a string like '2gb', got {value!r}")
+            raise BadInputError(f"{what} must be a number or a string like '2gb', got {value!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
         unit = unit.removesuffix("ib").removesuffix("b") if what == "memory" else unit
     if unit not in units:
-        raise WorkflowError(
+        raise BadInputError(
             f"{what}: unknown unit {unit!r} in {value!r} (known: {', '.join(u for u in units if u)})"
         )
     quantity = number * units[unit]
     if not math.isfinite(quantity) or quantity <= 0:
-        raise WorkflowError(f"{what} must be positive, got {value!r}")
+        raise BadInputError(f"{what} must be positive, got {value!r}")
     return quantity
 
 
@@ -156,13 +156,6 @@ def _number(value: float) -> str:
 
 
 # -- names ------------------------------------------------------------------------------------------------
-
-
-def model_name(owner: str, name: str) -> str:
-    """``<owner>.<name>`` in the model repository: the owner part cannot be chosen by the request."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._-") or "model"
-    cleaned = re.sub(r"\.{2,}", ".", cleaned)
-    return f"{owner_namespace(owner)}.{cleaned}"[:128]
 
 
 def new_job_id() -> str:
@@ -480,12 +473,12 @@ def job_user(settings: Settings) -> JobUser | None:
     try:
         entry = pwd.getpwnam(settings.job_user)
     except KeyError:
-        raise WorkflowError(
+        raise BadInputError(
             f"job user {settings.job_user!r} does not exist: create it (the appliance role does), or set "
             "MLAAS4HEP_JOB_USER to another unprivileged user"
         ) from None
     if entry.pw_uid == 0:
-        raise WorkflowError(f"job user {settings.job_user!r} is root: jobs must run unprivileged")
+        raise BadInputError(f"job user {settings.job_user!r} is root: jobs must run unprivileged")
     return JobUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
 
 
@@ -664,7 +657,7 @@ class JobRun:
         for name in PLOTS:
             with contextlib.suppress(OSError):
                 data = read_confined(self.directory / WORK_DIR, BUNDLE_DIR, f"{name}.png", max_bytes=64 << 20)
-                _write_atomically(plots / f"{name}.png", data)
+                atomic.write_bytes(plots / f"{name}.png", data)
         archive = [
             "tar", "--create", "--gzip", "--file=-", f"--directory={self.directory / WORK_DIR}",
             f"--transform=s,^{BUNDLE_DIR},{self.job.model_name},",
@@ -730,17 +723,6 @@ def read_confined(base: Path, *parts: str, max_bytes: int, tail: bool = False) -
     finally:
         for fd in reversed(fds):
             os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def read_progress(directory: Path, tail_bytes: int = 65_536) -> dict[str, Any]:

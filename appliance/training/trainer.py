@@ -1,6 +1,7 @@
 """Training the user's model on the streamed workflow, and producing the model bundle.
 
-Every epoch is one pass of :class:`~appliance.streaming.EventStream` over all the data. Its training events
+Every epoch is one pass of
+:class:`~appliance.data.streaming.EventStream` over all the data. Its training events
 feed Keras through ``tf.data`` (re-batched to ``batch_size`` and prefetched), so reading, which runs in the
 stream's own thread, overlaps with training. Validation and test events are never trained on: in the first
 pass they are written to a hold-out cache on disk beside the output (memory stays bounded by the chunk
@@ -31,14 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from appliance.bundle import check_name, check_output_directory, write_bundle
-from appliance.bundle import publish as publish_bundle
-from appliance.errors import WorkflowError
-from appliance.features import FeatureSpec
-from appliance.models import TargetEncoding, load_model, preflight_model
-from appliance.specs import load_or_compute_specs
-from appliance.streaming import TEST, TRAIN, VALIDATION, EventStream
-from appliance.workflow import Workflow, load_workflow
+from appliance.data.features import FeatureSpec
+from appliance.data.specs import load_or_compute_specs
+from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
+from appliance.data.workflow import Workflow, load_workflow
+from appliance.training.bundle import check_output_directory, write_bundle
+from appliance.training.bundle import publish as publish_bundle
+from appliance.training.models import TargetEncoding, load_model, preflight_model
+from servicecore.errors import BadInputError
+from servicecore.naming import check_name
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,7 @@ class Trainer:
 
         TensorFlow would turn an exception raised in the generator into its own error type; it is kept in
         ``self.failure`` instead (the data then simply ends) and re-raised by the caller, so that a
-        ``WorkflowError`` from the stream still reaches the user as one.
+        ``BadInputError`` from the stream still reaches the user as one.
         """
         import tensorflow as tf
 
@@ -269,7 +271,7 @@ class Trainer:
 
     def _check_first_pass(self, counter: EpochCounter) -> None:
         if counter.trained == 0:
-            raise WorkflowError(
+            raise BadInputError(
                 f"no event is left for training out of {counter.read} read; "
                 "lower split / validation_split or read more events (nevts)"
             )
@@ -397,7 +399,7 @@ def refuse_nonfinite(spec: FeatureSpec) -> None:
     bad = spec.nonfinite_branches()
     if bad:
         listed = ", ".join(f"{name} ({count})" for name, count in sorted(bad.items()))
-        raise WorkflowError(
+        raise BadInputError(
             f"branch(es) with NaN or infinite values: {listed}; exclude them "
             "(exclude_branches) or cut those events (preproc.json)"
         )
@@ -427,7 +429,7 @@ def run_training(
     model_name = check_name(name or fout.name)
     repository = Path(publish).absolute() if publish else None
     if repository is not None and repository.exists() and not repository.is_dir():
-        raise WorkflowError(f"model repository {str(repository)!r} is not a directory")
+        raise BadInputError(f"model repository {str(repository)!r} is not a directory")
 
     wf = load_workflow(files, labels, params, preproc, specs)
     preflight_model(model)
@@ -567,7 +569,7 @@ def train_from_cli(args: argparse.Namespace) -> dict[str, Any]:
             name=args.name,
             progress=report,
         )
-    except WorkflowError as err:
+    except BadInputError as err:
         report({"stage": "failed", "error": str(err), "time": now()})
         raise
     finally:

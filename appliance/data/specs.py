@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +18,11 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from appliance.errors import WorkflowError
-from appliance.features import FORMAT, BranchStats, FeatureSpec
-from appliance.sources import Source, branch_kind, entry_shares, iterate, open_tree
-from appliance.workflow import Workflow
+from appliance.data.features import FORMAT, BranchStats, FeatureSpec
+from appliance.data.sources import Source, branch_kind, entry_shares, iterate, open_tree
+from appliance.data.workflow import Workflow
+from servicecore import atomic
+from servicecore.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +127,8 @@ def load_or_compute_specs(wf: Workflow) -> FeatureSpec:
         log.warning("specs file %s was made from other inputs; recomputing it", path)
     spec = compute_specs(wf)
     if path is not None:
-        write_json_atomically(path, {"fingerprint": key, "inputs": inputs, "features": spec.to_dict()})
+        atomic.write_json(path, {"fingerprint": key, "inputs": inputs, "features": spec.to_dict()})
     return spec
-
-
-def write_json_atomically(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], list[str]]:
@@ -156,17 +143,17 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
     for url, tree in zip(wf.files[1:], trees[1:], strict=True):
         missing = [n for n in available if n not in tree.keys()]  # noqa: SIM118 - TTree.keys() is a method
         if missing:
-            raise WorkflowError(f"{url!r} lacks branch(es) {', '.join(missing[:5])} that {wf.files[0]!r} has")
+            raise BadInputError(f"{url!r} lacks branch(es) {', '.join(missing[:5])} that {wf.files[0]!r} has")
     referenced = wf.preproc.referenced_branches
     if wf.label_branch:
         referenced = referenced | {wf.label_branch}
     unknown = sorted(n for n in referenced if n not in kinds)
     if unknown:
-        raise WorkflowError(
+        raise BadInputError(
             f"branch(es) {', '.join(map(repr, unknown))} not found in tree {wf.tree!r} of {wf.files[0]!r}"
         )
     if wf.label_branch and kinds[wf.label_branch] != "flat":
-        raise WorkflowError(f"label branch {wf.label_branch!r} must hold one number per event")
+        raise BadInputError(f"label branch {wf.label_branch!r} must hold one number per event")
     chosen = wf.select(available)
     skipped = [n for n in chosen if kinds[n] is None]
     if skipped:
@@ -174,7 +161,7 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
     features = [(n, kinds[n]) for n in chosen if kinds[n] is not None]
     features += [(n, d["type"]) for n, d in wf.preproc.new_branches.items() if n not in wf.preproc.removed]
     if not features:
-        raise WorkflowError(
+        raise BadInputError(
             "the branch selection is empty: selected_branches, exclude_branches and identifier "
             f"leave no numeric branch of tree {wf.tree!r}"
         )
@@ -233,7 +220,7 @@ def compute_specs(wf: Workflow) -> FeatureSpec:
             selected += len(columns[features[0][0]])
         selected_per_file.append(selected)
     if sum(selected_per_file) == 0:
-        raise WorkflowError(
+        raise BadInputError(
             "no event passes the cuts of preproc.json"
             if wf.preproc.cuts
             else "the input files hold no events"
@@ -284,12 +271,12 @@ def _class_counts(
     if wf.label_branch:
         values = sorted(label_values)
         if len(values) < 2:
-            raise WorkflowError(
+            raise BadInputError(
                 f"label branch {wf.label_branch!r} holds a single class ({values}); "
                 "training needs at least two"
             )
         if len(values) > 1000:
-            raise WorkflowError(
+            raise BadInputError(
                 f"label branch {wf.label_branch!r} has {len(values)} distinct values; labels must be classes"
             )
         return [label_values[v] for v in values], values
@@ -297,7 +284,7 @@ def _class_counts(
     for source, n in zip(sources, selected, strict=True):
         counts[source.label] += n
     if sum(1 for c in counts if c) < 2:
-        raise WorkflowError("after the cuts only one class has events; training needs at least two")
+        raise BadInputError("after the cuts only one class has events; training needs at least two")
     return counts, []
 
 

@@ -13,7 +13,7 @@ import uproot
 import uproot.interpretation.jagged
 import uproot.interpretation.numerical
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 
 # XRootD's client retries an unreachable server for minutes by default (5 tries over 120 s windows). A user
 # checking a workflow wants to hear quickly that a server is down; sites can still override these.
@@ -39,24 +39,24 @@ def open_tree(url: str, tree: str) -> Any:
     if local.is_file():
         with local.open("rb") as f:
             if f.read(4) != b"root":
-                raise WorkflowError(f"{url!r} is not a ROOT file")
+                raise BadInputError(f"{url!r} is not a ROOT file")
     try:
         handle = uproot.open(url, timeout=OPEN_TIMEOUT_S)
     except FileNotFoundError:
-        raise WorkflowError(f"input file {url!r} does not exist") from None
+        raise BadInputError(f"input file {url!r} does not exist") from None
     except (OSError, TimeoutError) as err:
-        raise WorkflowError(f"cannot open {url!r}: {_first_line(err)}") from None
+        raise BadInputError(f"cannot open {url!r}: {_first_line(err)}") from None
     except ValueError as err:
-        raise WorkflowError(f"{url!r} is not a ROOT file: {_first_line(err)}") from None
+        raise BadInputError(f"{url!r} is not a ROOT file: {_first_line(err)}") from None
     try:
         obj = handle[tree]
     except uproot.KeyInFileError:
         trees = sorted({k.split(";")[0] for k, c in handle.classnames().items() if c.startswith("TTree")})
-        raise WorkflowError(
+        raise BadInputError(
             f"tree {tree!r} not found in {url!r}; trees there: {', '.join(trees) or 'none'}"
         ) from None
     if not isinstance(obj, uproot.behaviors.TTree.TTree):
-        raise WorkflowError(f"{tree!r} in {url!r} is a {type(obj).__name__}, not a TTree")
+        raise BadInputError(f"{tree!r} in {url!r} is a {type(obj).__name__}, not a TTree")
     return obj
 
 
@@ -97,7 +97,7 @@ def iterate(
             yield entry_start, arrays
             entry_start += len(next(iter(arrays.values()))) if arrays else 0
     except (OSError, TimeoutError) as err:
-        raise WorkflowError(f"reading {url!r} failed: {_first_line(err)}") from None
+        raise BadInputError(f"reading {url!r} failed: {_first_line(err)}") from None
 
 
 def entry_shares(entries: list[int], nevts: int) -> list[int]:

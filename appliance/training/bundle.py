@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -26,25 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
+from servicecore.naming import check_name, next_version, record_high_water
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "inputs"
 OUTPUT_NAME = "outputs"
 INCOMING = ".incoming"
-# Highest version ever published under a name, so that a deleted version's number is not handed out again.
-HIGH_WATER = ".last_version"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PUBLISH_ATTEMPTS = 100
-
-
-def check_name(name: str) -> str:
-    if not NAME.match(name) or ".." in name:
-        raise WorkflowError(
-            f"model name {name!r} is not valid: use letters, digits, '.', '_' and '-' "
-            "(at most 128, starting with a letter or digit)"
-        )
-    return name
 
 
 def params_document(name: str, features: Mapping[str, Any], version: int | None = None) -> dict[str, Any]:
@@ -148,9 +135,9 @@ def check_output_directory(destination: Path) -> None:
     if not destination.exists():
         return
     if not destination.is_dir():
-        raise WorkflowError(f"output {str(destination)!r} exists and is not a directory")
+        raise BadInputError(f"output {str(destination)!r} exists and is not a directory")
     if any(destination.iterdir()) and not (destination / "params.json").is_file():
-        raise WorkflowError(
+        raise BadInputError(
             f"output directory {str(destination)!r} is not empty and holds no model bundle; "
             "choose another --fout"
         )
@@ -208,7 +195,7 @@ def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path
                 if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                     continue
                 raise
-            _record_high_water(model_dir, version)
+            record_high_water(model_dir, version)
             return target, version
         raise RuntimeError(
             f"could not find a free version of {name!r} in {repository} after {PUBLISH_ATTEMPTS} attempts"
@@ -216,30 +203,6 @@ def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-    )
-
-
-def next_version(model_dir: Path) -> int:
-    existing = versions(model_dir)
-    high_water = 0
-    with contextlib.suppress(OSError, ValueError):
-        high_water = int((model_dir / HIGH_WATER).read_text().strip())
-    return max([high_water, *existing]) + 1
-
-
-def _record_high_water(model_dir: Path, version: int) -> None:
-    current = next_version(model_dir) - 1
-    fd, tmp = tempfile.mkstemp(prefix=f"{HIGH_WATER}.", dir=model_dir)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"{max(current, version)}\n")
-    Path(tmp).replace(model_dir / HIGH_WATER)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -1,7 +1,7 @@
 """The user's workflow: files list, labels, ``params.json`` and ``preproc.json``, read and validated.
 
 The keys and their meaning are the original MLaaS4HEP's, so existing workflows keep working. Everything is
-checked here, before any data is read, and every problem raises :class:`WorkflowError` naming the culprit.
+checked here, before any data is read, and every problem raises :class:`BadInputError` naming the culprit.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import WorkflowError
-from appliance.expressions import Expression
+from appliance.data.expressions import Expression
+from servicecore.errors import BadInputError
 
 URL_SCHEMES = ("root://", "roots://", "http://", "https://", "file://", "xroot://", "xroots://")
 DEFAULT_IDENTIFIERS = ("run", "event", "luminosityBlock")
@@ -53,11 +53,11 @@ class Params:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "params.json") -> Params:
         if not isinstance(data, Mapping):
-            raise WorkflowError(f"{source}: expected a JSON object, got {type(data).__name__}")
+            raise BadInputError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise WorkflowError(
+            raise BadInputError(
                 f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
             )
         values: dict[str, Any] = dict(data)
@@ -71,7 +71,7 @@ class Params:
     def _validate(self, source: str) -> None:
         def check(condition: bool, message: str) -> None:
             if not condition:
-                raise WorkflowError(f"{source}: {message}")
+                raise BadInputError(f"{source}: {message}")
 
         for key in ("nevts", "chunk_size", "epochs", "batch_size", "verbose", "seed"):
             value = getattr(self, key)
@@ -151,22 +151,22 @@ class Preproc:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "preproc.json") -> Preproc:
         if not isinstance(data, Mapping):
-            raise WorkflowError(f"{source}: expected a JSON object")
+            raise BadInputError(f"{source}: expected a JSON object")
         unknown = sorted(set(data) - {"new_branch", "flat_cut", "jagged_cut"})
         if unknown:
-            raise WorkflowError(
+            raise BadInputError(
                 f"{source}: unknown key(s) {', '.join(unknown)}; known: new_branch, flat_cut, jagged_cut"
             )
         pre = cls()
         for name, spec in _section(data, "new_branch", source).items():
             where = f"{source}: new_branch {name!r}"
             if not NAME.match(name):
-                raise WorkflowError(f"{where}: not a valid branch name")
+                raise BadInputError(f"{where}: not a valid branch name")
             if "def" not in spec:
-                raise WorkflowError(f'{where}: missing "def"')
+                raise BadInputError(f'{where}: missing "def"')
             kind = spec.get("type", "flat")
             if kind not in ("flat", "jagged"):
-                raise WorkflowError(f"{where}: type must be flat or jagged, got {kind!r}")
+                raise BadInputError(f"{where}: type must be flat or jagged, got {kind!r}")
             Expression(spec["def"], where=where)
             pre.new_branches[name] = {"def": spec["def"], "type": kind}
             if spec.get("cut"):
@@ -178,7 +178,7 @@ class Preproc:
             for branch, spec in _section(data, f"{kind}_cut", source).items():
                 where = f"{source}: {kind}_cut {branch!r}"
                 if "cut" not in spec:
-                    raise WorkflowError(f'{where}: missing "cut"')
+                    raise BadInputError(f'{where}: missing "cut"')
                 pre.cuts.append(_cut(spec["cut"], kind, where))
                 if spec.get("remove"):
                     pre.removed.add(branch)
@@ -197,19 +197,19 @@ class Preproc:
 def _section(data: Mapping[str, Any], key: str, source: str) -> dict[str, dict[str, Any]]:
     section = data.get(key, {}) or {}
     if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
-        raise WorkflowError(f"{source}: {key} must map branch names to objects")
+        raise BadInputError(f"{source}: {key} must map branch names to objects")
     return section
 
 
 def _cut(spec: Any, kind: str, where: str) -> Cut:
     if kind == "flat":
         if not isinstance(spec, str):
-            raise WorkflowError(f"{where}: a flat cut is an expression string, got {spec!r}")
+            raise BadInputError(f"{where}: a flat cut is an expression string, got {spec!r}")
         return Cut(Expression(spec, where=where))
     if isinstance(spec, str):
         spec = [spec, "all"]
     if not (isinstance(spec, list) and len(spec) == 2 and spec[1] in ("all", "any")):
-        raise WorkflowError(f'{where}: a jagged cut is ["expression", "all"|"any"], got {spec!r}')
+        raise BadInputError(f'{where}: a jagged cut is ["expression", "all"|"any"], got {spec!r}')
     return Cut(Expression(spec[0], where=where), spec[1])
 
 
@@ -228,7 +228,7 @@ def _name_list(value: Any, where: str) -> list[str]:
         else:
             value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise WorkflowError(f"{where}: expected a list of names, a comma-separated string or a file")
+        raise BadInputError(f"{where}: expected a list of names, a comma-separated string or a file")
     return value
 
 
@@ -260,7 +260,7 @@ class Workflow:
                 pat for pat in p.selected_branches if not any(fnmatch.fnmatchcase(n, pat) for n in available)
             ]
             if missing:
-                raise WorkflowError(
+                raise BadInputError(
                     f"selected_branches: no branch named {', '.join(map(repr, missing))} "
                     f"in tree {self.tree!r}"
                 )
@@ -278,24 +278,24 @@ class Workflow:
 def _read_json(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise WorkflowError(f"{what} file {str(path)!r} does not exist")
+        raise BadInputError(f"{what} file {str(path)!r} does not exist")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WorkflowError(f"{what} file {str(path)!r} is not valid JSON: {err}") from None
+        raise BadInputError(f"{what} file {str(path)!r} is not valid JSON: {err}") from None
 
 
 def read_files_list(path: str | Path, redirector: str) -> list[str]:
     path = Path(path)
     if not path.is_file():
-        raise WorkflowError(f"files list {str(path)!r} does not exist")
+        raise BadInputError(f"files list {str(path)!r} does not exist")
     entries = [
         line.strip()
         for line in path.read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not entries:
-        raise WorkflowError(f"files list {str(path)!r} names no file")
+        raise BadInputError(f"files list {str(path)!r} names no file")
     return [resolve_file(entry, redirector, base=path.parent) for entry in entries]
 
 
@@ -308,14 +308,14 @@ def resolve_file(entry: str, redirector: str, base: Path | None = None) -> str:
             return str(candidate.resolve())
     if redirector:
         return f"{redirector.rstrip('/')}//{entry.lstrip('/')}"
-    raise WorkflowError(f"input file {entry!r} does not exist locally and params.json sets no redirector")
+    raise BadInputError(f"input file {entry!r} does not exist locally and params.json sets no redirector")
 
 
 def read_labels(spec: str, n_files: int) -> tuple[list[int] | None, str | None, list[str]]:
     """Labels: a file or comma list with one label per file, or the name of a branch holding the label."""
     path = Path(spec)
     if not path.is_file() and ("/" in spec or spec.endswith((".txt", ".json", ".csv"))):
-        raise WorkflowError(f"labels file {spec!r} does not exist")
+        raise BadInputError(f"labels file {spec!r} does not exist")
     text = path.read_text() if path.is_file() else spec
     tokens = [
         t.strip()
@@ -327,7 +327,7 @@ def read_labels(spec: str, n_files: int) -> tuple[list[int] | None, str | None, 
     if len(tokens) == 1 and not _is_int(tokens[0]) and NAME.match(tokens[0]):
         return None, tokens[0], []
     if len(tokens) != n_files:
-        raise WorkflowError(
+        raise BadInputError(
             f"labels: {len(tokens)} label(s) for {n_files} file(s); give one label per file, "
             "or the name of a label branch"
         )
@@ -362,7 +362,7 @@ def load_workflow(
     file_list = read_files_list(files, params_obj.redirector)
     label_list, label_branch, class_names = read_labels(str(labels), len(file_list))
     if label_list is not None and len(class_names) < 2:
-        raise WorkflowError(
+        raise BadInputError(
             f"labels: every file has the label {class_names[0]!r}; training needs at least two classes"
         )
     return Workflow(

@@ -1,7 +1,8 @@
 """The MLaaS4HEP HTTP API: the prototype's calls and the ``/jobs`` resource API, built by ``create_app``.
 
 Jobs never run here: a request is validated, its inputs are written into a fresh job directory (built aside,
-then renamed into place), and the job id is queued for the workers (``appliance.jobs``). Every error is a JSON
+then renamed into place), and the job id is queued for the workers
+(``appliance.server.jobs``). Every error is a JSON
 object ``{"error": message, "status": code}`` with a 4xx status; only a bug answers 500, also as JSON.
 """
 
@@ -20,12 +21,10 @@ from typing import Any
 
 import flask
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
 from werkzeug.utils import secure_filename
 
-from appliance.auth import owner_namespace
-from appliance.errors import WorkflowError
-from appliance.jobs import (
+from appliance.data.workflow import URL_SCHEMES, load_workflow
+from appliance.server.jobs import (
     FINISHED_STATES,
     JOB_ID,
     LOG_FILE,
@@ -37,16 +36,24 @@ from appliance.jobs import (
     Job,
     JobQueue,
     Resources,
-    model_name,
     new_job_id,
     read_progress,
 )
-from appliance.safetar import extract_archive
-from appliance.settings import Settings
-from appliance.workflow import URL_SCHEMES, load_workflow
+from appliance.server.settings import Settings
+from servicecore.errors import (
+    BadInputError,
+    ConflictError,
+    NotFoundError,
+    UnauthorizedError,
+)
+from servicecore.http import install_error_handlers, int_arg, json_body
+from servicecore.naming import model_name, owner_namespace
+from servicecore.safetar import extract_archive
 
 log = logging.getLogger(__name__)
 
+# curl -d sends application/x-www-form-urlencoded unless told otherwise, as the prototype's users did.
+PROTOTYPE_BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
 SERVER_NAME = "mlaas4hep"
 REQUEST_KEYS = frozenset(
     {
@@ -71,13 +78,6 @@ LATEST_UPLOAD = "latest"
 MAX_OWNER_LENGTH = 256
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def create_app(settings: Settings) -> Flask:
     """The app, configured from one settings object; each gunicorn worker builds its own."""
     app = Flask(SERVER_NAME)
@@ -86,19 +86,19 @@ def create_app(settings: Settings) -> Flask:
         directory.mkdir(parents=True, exist_ok=True)
     app.extensions[SERVER_NAME] = JobQueue(settings)
     app.register_blueprint(_routes())
-    _install_errors(app)
+    install_error_handlers(app)
     install_auth(app, settings)
     return app
 
 
 def install_auth(app: Flask, settings: Settings) -> None:
-    """The one place where the authentication layer (issue 6, ``appliance.auth``) is attached to the app.
+    """The one place where the authentication layer (issue 6, ``servicecore.auth``) is attached to the app.
 
     Without an ``auth`` section the owner comes from oauth2-proxy's trusted header (see ``current_owner``).
     """
     if not settings.auth:
         return
-    from appliance import auth
+    from servicecore import auth
 
     auth.install_auth(app, auth.AuthSettings.from_mapping(settings.auth), public_paths=PUBLIC_PATHS)
 
@@ -106,18 +106,18 @@ def install_auth(app: Flask, settings: Settings) -> None:
 def current_owner() -> str:
     """Who is calling: the one function that answers it. Every job and upload belongs to this name.
 
-    With ``auth`` settings it is the verified token's user (``appliance.auth``). Otherwise it is the trusted
+    With ``auth`` settings it is the verified token's user (``servicecore.auth``). Otherwise it is the trusted
     ``X-Forwarded-User`` / ``X-Forwarded-Email`` header set by oauth2-proxy, or ``local_user``.
     """
     settings = _queue().settings
     owner = None
     if settings.auth:
-        from appliance.auth import current_identity
+        from servicecore.auth import current_identity
 
         identity = current_identity()
         owner = identity.username if identity is not None else None
         if owner is None:
-            raise ApiError(401, "this call needs an authenticated user")
+            raise UnauthorizedError("this call needs an authenticated user")
     elif settings.trust_forwarded_user:
         owner = next(
             (
@@ -129,7 +129,7 @@ def current_owner() -> str:
         )
     owner = owner or settings.local_user
     if len(owner) > MAX_OWNER_LENGTH or not owner.isprintable():
-        raise ApiError(400, "the user name is too long or not printable")
+        raise BadInputError("the user name is too long or not printable")
     return owner
 
 
@@ -158,9 +158,9 @@ def _routes() -> flask.Blueprint:
 
     @bp.post("/submit")
     def submit() -> Response:
-        body = _json_body()
+        body = json_body(PROTOTYPE_BODY_TYPES)
         if not isinstance(body.get("name"), str) or not body["name"]:
-            raise ApiError(400, 'missing field "name" (the name of the model to train)')
+            raise BadInputError('missing field "name" (the name of the model to train)')
         job = _submit(current_owner(), body, source=None)
         return _json(
             {"job_id": job.id, "process_name": job.id, "state": job.state, "model_name": job.model_name}, 201
@@ -185,7 +185,7 @@ def _routes() -> flask.Blueprint:
         if request.mimetype == "multipart/form-data":
             job = _submit_multipart(owner)
         else:
-            job = _submit(owner, _json_body(), source=None)
+            job = _submit(owner, json_body(PROTOTYPE_BODY_TYPES), source=None)
         response = _json(_job_view(job), 201)
         response.headers["Location"] = f"/jobs/{job.id}"
         return response
@@ -196,8 +196,8 @@ def _routes() -> flask.Blueprint:
         queue.reap_stale()
         state = request.args.get("state") or None
         if state is not None and state not in (QUEUED, "running", *FINISHED_STATES):
-            raise ApiError(400, f"unknown state {state!r}")
-        jobs = queue.store.list(owner=current_owner(), state=state, limit=_int_arg("limit", 100, 1, 1000))
+            raise BadInputError(f"unknown state {state!r}")
+        jobs = queue.store.list(owner=current_owner(), state=state, limit=int_arg("limit", 100, 1, 1000))
         return _json({"jobs": [_job_view(job, progress=False) for job in jobs]})
 
     @bp.get("/jobs/<job_id>")
@@ -208,7 +208,7 @@ def _routes() -> flask.Blueprint:
     def cancel_job(job_id: str) -> Response:
         job = _own_job(job_id)
         if job.finished_state:
-            raise ApiError(409, f"job {job_id} has already {job.state}")
+            raise ConflictError(f"job {job_id} has already {job.state}")
         cancelled = _queue().cancel(job_id)
         return _json(_job_view(cancelled or job), 202)
 
@@ -224,11 +224,11 @@ def _routes() -> flask.Blueprint:
     def job_plot(job_id: str, name: str) -> Response:
         job = _own_job(job_id)
         if name not in PLOTS:
-            raise ApiError(404, f"no plot {name!r}; plots: {', '.join(PLOTS)}")
+            raise NotFoundError(f"no plot {name!r}; plots: {', '.join(PLOTS)}")
         _require_success(job)
         path = _queue().job_dir(job.id) / PLOTS_DIR / f"{name}.png"
         if not path.is_file():
-            raise ApiError(404, f"job {job.id} made no {name} plot")
+            raise NotFoundError(f"job {job.id} made no {name} plot")
         return flask.send_file(path, mimetype="image/png", max_age=0)
 
     return bp
@@ -240,7 +240,7 @@ def _routes() -> flask.Blueprint:
 def _prototype_job_id() -> str:
     job_id = request.args.get("job_id") or request.args.get("process_name")
     if not job_id:
-        raise ApiError(400, "say which job with ?job_id=<id> (or ?process_name=<id>)")
+        raise BadInputError("say which job with ?job_id=<id> (or ?process_name=<id>)")
     return job_id
 
 
@@ -248,11 +248,11 @@ def _own_job(job_id: str) -> Job:
     """The caller's job; another user's job is as unknown as a job that never existed."""
     queue = _queue()
     if not JOB_ID.match(job_id):
-        raise ApiError(404, f"no job {job_id!r}")
+        raise NotFoundError(f"no job {job_id!r}")
     queue.reap_stale()
     job = queue.store.get(job_id, owner=current_owner())
     if job is None:
-        raise ApiError(404, f"no job {job_id!r}")
+        raise NotFoundError(f"no job {job_id!r}")
     return job
 
 
@@ -271,8 +271,8 @@ def _job_view(job: Job, progress: bool = True) -> dict[str, Any]:
 
 def _require_success(job: Job) -> None:
     if job.state != SUCCEEDED:
-        raise ApiError(
-            409, f"job {job.id} is {job.state}: its model and plots exist only once it has succeeded"
+        raise ConflictError(
+            f"job {job.id} is {job.state}: its model and plots exist only once it has succeeded"
         )
 
 
@@ -280,7 +280,7 @@ def _model(job: Job) -> Response:
     _require_success(job)
     path = _queue().job_dir(job.id) / MODEL_ARCHIVE
     if not path.is_file():
-        raise ApiError(404, f"job {job.id} has no model archive")
+        raise NotFoundError(f"job {job.id} has no model archive")
     return flask.send_file(
         path, mimetype="application/gzip", as_attachment=True, download_name=f"{job.model_name}.tar.gz"
     )
@@ -289,7 +289,7 @@ def _model(job: Job) -> Response:
 def _logs(job: Job) -> Response:
     """The job's log; ``?follow=true`` streams it until the job ends, ``?offset=N`` starts at byte N."""
     path = _queue().job_dir(job.id) / LOG_FILE
-    offset = _int_arg("offset", 0, 0, 1 << 62)
+    offset = int_arg("offset", 0, 0, 1 << 62)
     follow = request.args.get("follow", "").lower() in ("1", "true", "yes")
     if not follow:
         data = b""
@@ -325,15 +325,15 @@ def _submit(owner: str, body: Mapping[str, Any], source: Path | None) -> Job:
     settings = queue.settings
     unknown = sorted(set(body) - REQUEST_KEYS)
     if unknown:
-        raise ApiError(
-            400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(REQUEST_KEYS))}"
+        raise BadInputError(
+            f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(REQUEST_KEYS))}"
         )
     missing = [key for key in REQUIRED_KEYS if body.get(key) in (None, "", [], {})]
     if missing:
-        raise ApiError(400, f"missing field(s) {', '.join(missing)}")
+        raise BadInputError(f"missing field(s) {', '.join(missing)}")
     name = body.get("name") or "model"
     if not isinstance(name, str):
-        raise ApiError(400, f"name must be a string, got {name!r}")
+        raise BadInputError(f"name must be a string, got {name!r}")
     resources = Resources.from_request(body, settings)
     if source is None:
         source = _upload_dir(owner, body.get("upload"))
@@ -399,15 +399,15 @@ def _write_inputs(
 def _reference(name: Any, what: str, upload: Path | None) -> Path:
     """A file of the user's upload, by its relative name: never outside the upload."""
     if not isinstance(name, str) or not name.strip():
-        raise ApiError(400, f"{what} must name a file of your upload, got {name!r}")
+        raise BadInputError(f"{what} must name a file of your upload, got {name!r}")
     if upload is None:
-        raise ApiError(400, f"{what} {name!r} references nothing uploaded: POST /upload a .tar.gz first")
+        raise BadInputError(f"{what} {name!r} references nothing uploaded: POST /upload a .tar.gz first")
     relative = PurePosixPath(name.strip())
     if relative.is_absolute() or ".." in relative.parts or "\\" in name:
-        raise ApiError(400, f"{what} {name!r} must be a relative path inside your upload")
+        raise BadInputError(f"{what} {name!r} must be a relative path inside your upload")
     path = upload / relative
     if not path.is_file():
-        raise ApiError(400, f"{what} {name!r} references nothing uploaded (not in your upload)")
+        raise BadInputError(f"{what} {name!r} references nothing uploaded (not in your upload)")
     return path
 
 
@@ -417,9 +417,9 @@ def _json_input(value: Any, what: str, upload: Path | None) -> dict[str, Any]:
         try:
             value = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ApiError(400, f"{what} file {path.name!r} is not valid JSON: {err}") from None
+            raise BadInputError(f"{what} file {path.name!r} is not valid JSON: {err}") from None
     if not isinstance(value, dict):
-        raise ApiError(400, f"{what} must be a JSON object or the name of an uploaded JSON file")
+        raise BadInputError(f"{what} must be a JSON object or the name of an uploaded JSON file")
     return value
 
 
@@ -431,8 +431,8 @@ def _files_entries(value: Any, upload: Path | None) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#")
         ]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ApiError(
-            400, "files must be a list of ROOT file URLs or paths, or the name of an uploaded list"
+        raise BadInputError(
+            "files must be a list of ROOT file URLs or paths, or the name of an uploaded list"
         )
     return [v.strip() for v in value]
 
@@ -447,8 +447,7 @@ def _resolve_entry(entry: str, upload: Path | None, redirector: str) -> str:
         return str(upload / relative)
     if redirector and isinstance(redirector, str):
         return f"{redirector.rstrip('/')}//{entry.lstrip('/')}"
-    raise ApiError(
-        400, f"files entry {entry!r} references nothing uploaded and is not a URL (root://...); "
+    raise BadInputError(f"files entry {entry!r} references nothing uploaded and is not a URL (root://...); "
         "upload it, give its URL, or set a redirector in params"
     )  # fmt: skip
 
@@ -466,8 +465,8 @@ def _labels_text(value: Any, upload: Path | None) -> str:
         if "/" in value or value.endswith((".txt", ".json", ".csv")):
             _reference(value, "labels", upload)
         return value + "\n"
-    raise ApiError(
-        400, "labels must be a list (one per file), a comma list, a branch name or an uploaded file"
+    raise BadInputError(
+        "labels must be a list (one per file), a comma list, a branch name or an uploaded file"
     )
 
 
@@ -477,21 +476,21 @@ def _write_model(value: Any, upload: Path | None, inputs: Path) -> str:
         return "model.json"
     path = _reference(value, "model", upload)
     if path.suffix not in (".py", ".json"):
-        raise ApiError(400, f"model {path.name!r} must be a Python (.py) or JSON (.json) model file")
+        raise BadInputError(f"model {path.name!r} must be a Python (.py) or JSON (.json) model file")
     data = path.read_bytes()
     if path.suffix == ".json":
         try:
             model = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ApiError(400, f"model {path.name!r} failed to load: not valid JSON: {err}") from None
+            raise BadInputError(f"model {path.name!r} failed to load: not valid JSON: {err}") from None
         if not isinstance(model, dict):
-            raise ApiError(400, f"model {path.name!r} must hold a JSON object")
+            raise BadInputError(f"model {path.name!r} must hold a JSON object")
     else:
         # Only a syntax check here: user code runs in the job, as the job user, never in the API.
         try:
             compile(data, path.name, "exec")
         except (SyntaxError, ValueError) as err:
-            raise ApiError(400, f"model {path.name!r} failed to load: {type(err).__name__}: {err}") from None
+            raise BadInputError(f"model {path.name!r} failed to load: {type(err).__name__}: {err}") from None
     target = inputs / f"model{path.suffix}"
     target.write_bytes(data)
     return target.name
@@ -510,12 +509,12 @@ def _check_urls(urls: list[str]) -> None:
     for url in remote:
         parsed = URL(url)
         if not parsed.is_valid():
-            raise ApiError(400, f"input URL {url!r} is not a valid XRootD URL")
+            raise BadInputError(f"input URL {url!r} is not a valid XRootD URL")
         status, _ = FileSystem(f"{parsed.protocol}://{parsed.hostid}").stat(
             parsed.path_with_params, timeout=settings.url_check_timeout_s
         )
         if not status.ok:
-            raise ApiError(400, f"cannot read input {url!r}: {status.message.strip()}")
+            raise BadInputError(f"cannot read input {url!r}: {status.message.strip()}")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -565,7 +564,7 @@ def _receive_archive(directory: Path) -> list[Path]:
     if request.mimetype == "multipart/form-data":
         parts = list(request.files.values())
         if len(parts) != 1:
-            raise ApiError(400, "send one tar.gz file part (or the archive as the request body)")
+            raise BadInputError("send one tar.gz file part (or the archive as the request body)")
         stream = parts[0].stream
     else:
         stream = request.stream
@@ -583,7 +582,7 @@ def _upload_dir(owner: str, upload_id: Any) -> Path | None:
         if upload_id in (None, ""):
             return None
     if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id) or not (base / upload_id).is_dir():
-        raise ApiError(400, f"upload {upload_id!r} references nothing uploaded")
+        raise BadInputError(f"upload {upload_id!r} references nothing uploaded")
     return base / upload_id
 
 
@@ -598,9 +597,9 @@ def _submit_multipart(owner: str) -> Job:
         try:
             body = json.loads(form["workflow"])
         except json.JSONDecodeError as err:
-            raise ApiError(400, f"the workflow field is not valid JSON: {err}") from None
+            raise BadInputError(f"the workflow field is not valid JSON: {err}") from None
         if not isinstance(body, dict):
-            raise ApiError(400, "the workflow field must hold a JSON object")
+            raise BadInputError("the workflow field must hold a JSON object")
     for key, value in form.items():
         if key == "workflow":
             continue
@@ -608,7 +607,7 @@ def _submit_multipart(owner: str) -> Job:
             try:
                 body[key] = json.loads(value)
             except json.JSONDecodeError as err:
-                raise ApiError(400, f"the {key} field is not valid JSON: {err}") from None
+                raise BadInputError(f"the {key} field is not valid JSON: {err}") from None
         elif key == "files":
             body[key] = [
                 line.strip() for line in value.splitlines() if line.strip() and not line.startswith("#")
@@ -627,7 +626,7 @@ def _submit_multipart(owner: str) -> Job:
                 continue
             filename = secure_filename(part.filename or "") or secure_filename(field_name)
             if not filename:
-                raise ApiError(400, f"file part {field_name!r} has no usable file name")
+                raise BadInputError(f"file part {field_name!r} has no usable file name")
             part.save(staging / filename)
             if field_name in ("model", "files", "labels", "params", "preproc"):
                 body[field_name] = filename
@@ -639,56 +638,8 @@ def _submit_multipart(owner: str) -> Job:
 # -- helpers ----------------------------------------------------------------------------------------------
 
 
-def _json_body() -> dict[str, Any]:
-    # curl -d sends application/x-www-form-urlencoded unless told otherwise, as the prototype's users did.
-    if request.mimetype not in ("application/json", "application/x-www-form-urlencoded", "text/plain", ""):
-        raise ApiError(415, f"unsupported content type {request.mimetype!r}: send application/json")
-    try:
-        body = json.loads(request.get_data(cache=False))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"the body is not valid JSON: {err}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    text = request.args.get(name)
-    if text in (None, ""):
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer, got {text!r}") from None
-    if not low <= value <= high:
-        raise ApiError(400, f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
 def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data, allow_nan=False), status=status, mimetype="application/json")
-
-
-def _install_errors(app: Flask) -> None:
-    def error(status: int, message: str) -> Response:
-        return _json({"error": message, "status": status}, status)
-
-    @app.errorhandler(ApiError)
-    def api_error(err: ApiError) -> Response:
-        return error(err.status, err.message)
-
-    @app.errorhandler(WorkflowError)
-    def bad_input(err: WorkflowError) -> Response:
-        return error(400, str(err))
-
-    @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException) -> Response:
-        return error(err.code or 500, err.description or err.name)
-
-    @app.errorhandler(Exception)
-    def bug(err: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error(500, "internal error; the server log has the details")
 
 
 # -- OpenAPI ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``python -m appliance serve`` (the API under gunicorn) and ``python -m appliance worker`` (huey consumers).
 
-Both read the one settings object (``appliance.settings``) from ``--config``, ``MLAAS4HEP_*`` and the flags.
+Both read the one settings object
+(``appliance.server.settings``) from ``--config``, ``MLAAS4HEP_*`` and the flags.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import argparse
 import logging
 from typing import Any
 
-from appliance.gunicorn_server import GthreadServer, gthread_options
-from appliance.settings import Settings
+from appliance.server.settings import Settings
+from servicecore.launcher import GthreadServer, gthread_options
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def api_server(settings: Settings) -> GthreadServer:
     """The API under gunicorn; each worker builds its own app from the settings."""
 
     def factory() -> Any:
-        from appliance.api import create_app
+        from appliance.server.api import create_app
 
         return create_app(settings)
 
@@ -47,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     """Recover what a previous worker left behind, then consume jobs, ``max_concurrent_jobs`` at a time."""
-    from appliance.jobs import JobQueue, job_user
+    from appliance.server.jobs import JobQueue, job_user
 
     settings = load_settings(args)
     _configure_logging(settings)

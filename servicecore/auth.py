@@ -17,7 +17,6 @@ import fnmatch
 import ipaddress
 import json
 import logging
-import re
 import ssl
 import threading
 import time
@@ -31,7 +30,8 @@ from typing import Any
 import flask
 import jwt
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
+from servicecore.naming import owner_namespace, owns
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,24 @@ class AuthSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise WorkflowError(f"auth mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise BadInputError(f"auth mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         refused = [alg for alg in self.algorithms if alg not in ASYMMETRIC_ALGORITHMS]
         if refused:
-            raise WorkflowError(
+            raise BadInputError(
                 f"auth algorithms {refused} are refused: only public-key algorithms are accepted "
                 f"({', '.join(ASYMMETRIC_ALGORITHMS)})"
             )
         if self.mode == "oidc":
             if not self.issuers:
-                raise WorkflowError("auth mode 'oidc' needs at least one issuer")
+                raise BadInputError("auth mode 'oidc' needs at least one issuer")
             if not self.audiences:
-                raise WorkflowError("auth mode 'oidc' needs at least one audience (the client id)")
+                raise BadInputError("auth mode 'oidc' needs at least one audience (the client id)")
             for issuer in self.issuers:
                 _check_issuer_url(issuer)
         if self.clock_skew_s < 0 or self.clock_skew_s > 600:
-            raise WorkflowError(f"auth clock_skew_s must be between 0 and 600, got {self.clock_skew_s}")
+            raise BadInputError(f"auth clock_skew_s must be between 0 and 600, got {self.clock_skew_s}")
         if not self.local_user:
-            raise WorkflowError("auth local_user must not be empty")
+            raise BadInputError("auth local_user must not be empty")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | AuthSettings | None) -> AuthSettings:
@@ -94,35 +94,25 @@ class AuthSettings:
         if isinstance(data, AuthSettings):
             return data
         if not isinstance(data, Mapping):
-            raise WorkflowError(f"auth settings must be a JSON object, got {type(data).__name__}")
+            raise BadInputError(f"auth settings must be a JSON object, got {type(data).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in data.items():
             if key not in fields:
-                raise WorkflowError(f"unknown auth setting {key!r} (known: {', '.join(sorted(fields))})")
+                raise BadInputError(f"unknown auth setting {key!r} (known: {', '.join(sorted(fields))})")
             declared = str(fields[key].type)
             if declared.startswith("tuple"):
                 if isinstance(value, str):
                     value = [part.strip() for part in value.split(",") if part.strip()]
                 if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                    raise WorkflowError(f"auth setting {key!r} must be a list of strings, got {value!r}")
+                    raise BadInputError(f"auth setting {key!r} must be a list of strings, got {value!r}")
                 value = tuple(value)
             elif declared in ("int", "float") and not _is_number(value):
-                raise WorkflowError(f"auth setting {key!r} must be a number, got {value!r}")
+                raise BadInputError(f"auth setting {key!r} must be a number, got {value!r}")
             elif declared.startswith("str") and value is not None and not isinstance(value, str):
-                raise WorkflowError(f"auth setting {key!r} must be a string, got {value!r}")
+                raise BadInputError(f"auth setting {key!r} must be a string, got {value!r}")
             values[key] = value
         return cls(**values)
-
-
-def owner_namespace(owner: str) -> str:
-    """An owner's model-name prefix: the one source of truth for whose a model is, in both services.
-
-    One-to-one and without dots, so the text before a model name's first dot names exactly one owner:
-    ``mario.rossi`` becomes ``mario-2erossi`` and can never meet ``mario``'s ``mario.*``. Letters, digits
-    and ``_`` stay; any other character becomes ``-`` and its code point in hex.
-    """
-    return re.sub(r"[^A-Za-z0-9_]", lambda m: f"-{ord(m.group()):x}", owner)
 
 
 @dataclass(frozen=True)
@@ -163,7 +153,7 @@ def _check_issuer_url(issuer: str) -> None:
         return
     if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
         return  # a local test issuer; keys over plain HTTP from anywhere else could be swapped in transit
-    raise WorkflowError(f"auth issuer {issuer!r} must be an https:// URL (http:// only for loopback)")
+    raise BadInputError(f"auth issuer {issuer!r} must be an https:// URL (http:// only for loopback)")
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -396,18 +386,12 @@ def current_identity() -> Identity | None:
     return flask.g.get("identity")
 
 
-def owns(identity: Identity, name: str) -> bool:
-    """Names in a user's namespace: ``alice`` owns ``alice`` and ``alice.higgs``, not ``alicex.higgs``;
-    ``mario`` does not own ``mario-2erossi.higgs`` (user ``mario.rossi``'s)."""
-    return name == identity.namespace or name.startswith(identity.namespace + ".")
-
-
 def require_owner(name: str) -> None:
     """Refuse (403) a change to ``name`` unless the verified caller owns it; no check without OIDC."""
     identity = current_identity()
     if flask.current_app.extensions.get("auth") is None or identity is None:
         return
-    if not owns(identity, name):
+    if not owns(identity.username, name):
         raise AuthError(
             403, f"{name!r} is not in your namespace: use names starting with '{identity.namespace}.'"
         )
@@ -439,7 +423,5 @@ __all__ = [
     "bearer_token",
     "current_identity",
     "install_auth",
-    "owner_namespace",
-    "owns",
     "require_owner",
 ]

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from appliance.errors import WorkflowError
-from appliance.features import FeatureSpec
-from appliance.sources import iterate, open_tree
-from appliance.specs import load_or_compute_specs, select_events
-from appliance.workflow import Workflow, load_workflow
+from appliance.data.features import FeatureSpec
+from appliance.data.sources import iterate, open_tree
+from appliance.data.specs import load_or_compute_specs, select_events
+from appliance.data.workflow import Workflow, load_workflow
+from servicecore.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,15 @@ class EventStream:
             entries = entries[keep]
         try:
             x = self.spec.transform(columns)
-        except WorkflowError as err:
-            raise WorkflowError(f"{url}: {err}") from None
+        except BadInputError as err:
+            raise BadInputError(f"{url}: {err}") from None
         if self.wf.label_branch:
             values = np.asarray(columns[self.wf.label_branch], dtype=np.float64)
             y = np.searchsorted(self._class_values, values).astype(np.int64)
             y = np.clip(y, 0, len(self._class_values) - 1)
             unknown = self._class_values[y] != values
             if unknown.any():
-                raise WorkflowError(
+                raise BadInputError(
                     f"{url}: label branch {self.wf.label_branch!r} has value "
                     f"{values[unknown][0]} not seen in pass 1; recompute the specs"
                 )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 
 MAX_LENGTH = 2000
 MAX_NODES = 200
@@ -80,18 +80,18 @@ class Expression:
 
     def __init__(self, text: str, *, where: str = "expression") -> None:
         if not isinstance(text, str) or not text.strip():
-            raise WorkflowError(f"{where}: expected a non-empty expression string, got {text!r}")
+            raise BadInputError(f"{where}: expected a non-empty expression string, got {text!r}")
         if len(text) > MAX_LENGTH:
-            raise WorkflowError(f"{where}: expression longer than {MAX_LENGTH} characters")
+            raise BadInputError(f"{where}: expression longer than {MAX_LENGTH} characters")
         self.text = text
         self.where = where
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as err:
-            raise WorkflowError(f"{where}: cannot parse {text!r}: {err.msg}") from None
+            raise BadInputError(f"{where}: cannot parse {text!r}: {err.msg}") from None
         nodes = list(ast.walk(tree))
         if len(nodes) > MAX_NODES:
-            raise WorkflowError(f"{where}: expression {text!r} is too complex")
+            raise BadInputError(f"{where}: expression {text!r} is too complex")
         self._tree = tree.body
         self.names: frozenset[str] = frozenset(self._validate(tree.body))
 
@@ -117,21 +117,21 @@ class Expression:
             return names
         if isinstance(node, ast.Name):
             if node.id in FUNCTIONS:
-                raise WorkflowError(f"{self.where}: {node.id!r} is a function; call it as {node.id}(...)")
+                raise BadInputError(f"{self.where}: {node.id!r} is a function; call it as {node.id}(...)")
             return names if node.id in CONSTANTS else {node.id}
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 func = ast.unparse(node.func)
-                raise WorkflowError(
+                raise BadInputError(
                     f"{self.where}: function {func!r} is not allowed in {self.text!r}; "
                     f"allowed: {', '.join(sorted(FUNCTIONS))}"
                 )
             if node.keywords:
-                raise WorkflowError(f"{self.where}: keyword arguments are not allowed in {self.text!r}")
+                raise BadInputError(f"{self.where}: keyword arguments are not allowed in {self.text!r}")
             for child in node.args:
                 names |= self._validate(child)
             return names
-        raise WorkflowError(
+        raise BadInputError(
             f"{self.where}: {ast.unparse(node)!r} is not allowed in {self.text!r} "
             "(only arithmetic, comparisons, and/or/not, numbers, branch names and math functions)"
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from appliance.errors import WorkflowError
+from servicecore.errors import BadInputError
 
 ENV_PREFIX = "MLAAS4HEP_"
 MiB = 1024 * 1024
@@ -67,7 +67,7 @@ class Settings:
     trust_forwarded_user: bool = _setting(
         True, "take the owner from X-Forwarded-User / X-Forwarded-Email (set by oauth2-proxy)"
     )
-    auth: Mapping[str, Any] = _setting({}, "appliance.auth settings; when set, owners come from tokens")
+    auth: Mapping[str, Any] = _setting({}, "servicecore.auth settings; when set, owners come from tokens")
     max_upload_bytes: int = _setting(1024 * MiB, "largest request body and largest unpacked upload")
     max_upload_members: int = _setting(10_000, "most members in an uploaded archive")
     check_urls: bool = _setting(True, "stat every root:// input when a job is submitted")
@@ -78,7 +78,7 @@ class Settings:
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
             if not condition:
-                raise WorkflowError(f"setting {message}")
+                raise BadInputError(f"setting {message}")
 
         check(str(self.data_dir) not in ("", "."), "data_dir is required (--data-dir or MLAAS4HEP_DATA_DIR)")
         check(0 < self.port < 65536, f"port must be between 1 and 65535, got {self.port}")
@@ -145,7 +145,7 @@ class Settings:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise WorkflowError(
+            raise BadInputError(
                 f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
             )
         return cls(**{name: _coerce(name, str(fields[name].type), value) for name, value in data.items()})
@@ -160,15 +160,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as err:
-        raise WorkflowError(f"cannot read config {str(path)!r}: {err.strerror}") from None
+        raise BadInputError(f"cannot read config {str(path)!r}: {err.strerror}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise WorkflowError(f"config {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from None
+        raise BadInputError(f"config {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise WorkflowError(f"config {str(path)!r} must hold a mapping of settings")
+        raise BadInputError(f"config {str(path)!r} must hold a mapping of settings")
     return data
 
 
@@ -180,7 +180,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in names:
-            raise WorkflowError(f"unknown setting in the environment: {key}")
+            raise BadInputError(f"unknown setting in the environment: {key}")
         values[name] = text
     return values
 
@@ -221,5 +221,5 @@ def _coerce(name: str, declared: str, value: Any) -> Any:
                 raise ValueError("expected a string")
             return value
     except (ValueError, TypeError) as err:
-        raise WorkflowError(f"setting {name}: {err}, got {value!r}") from None
+        raise BadInputError(f"setting {name}: {err}, got {value!r}") from None
     raise AssertionError(f"no coercion for {name}: {declared}")

@@ -1,0 +1,3 @@
+from mlaas4hep_client.cli import main
+
+raise SystemExit(main())
