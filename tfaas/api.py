@@ -32,6 +32,7 @@ from servicecore.naming import check_name
 from servicecore.safetar import extract_archive
 from tfaas import proto
 from tfaas.fast_json import ValuesDecoder
+from tfaas.identity import install_auth
 from tfaas.metrics import Metrics
 from tfaas.openapi import openapi_document
 from tfaas.predictor import LoadedModel, ModelStore, load_model, to_matrix
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "tfaas"
 SERVER_VERSION = "2.0.0"
 # Paths (below the URL prefix) an authenticating front or hook must leave open: probes and monitoring.
-PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready", "/status", "/metrics")
 # curl -d sends application/x-www-form-urlencoded unless told otherwise; the original server accepted it.
 JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded", "text/plain", ""})
 PROTO_TYPES = frozenset(
@@ -158,22 +158,6 @@ class JsonFastLane:
         finally:
             store.leave()
         return _dumps(np.ascontiguousarray(result[0] if single else result))
-
-
-def public_paths(settings: Settings) -> tuple[str, ...]:
-    return tuple(f"{settings.base}{path}" for path in PUBLIC_PATHS)
-
-
-def install_auth(app: Flask, settings: Settings) -> None:
-    """The one place where authentication (issue 6, ``servicecore.auth``) is attached to the app.
-
-    Without an ``auth`` section TFaaS trusts its caller, which is oauth2-proxy on the same host.
-    """
-    if not settings.auth:
-        return
-    from servicecore import auth
-
-    auth.install_auth(app, settings.auth, public_paths=public_paths(settings))
 
 
 # -- request helpers -------------------------------------------------------------------------------------

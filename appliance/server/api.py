@@ -24,6 +24,7 @@ from flask import Flask, Response, request
 from werkzeug.utils import secure_filename
 
 from appliance.data.workflow import URL_SCHEMES, load_workflow
+from appliance.server.identity import SETTINGS_KEY, current_owner, install_auth
 from appliance.server.jobs import (
     FINISHED_STATES,
     JOB_ID,
@@ -44,7 +45,6 @@ from servicecore.errors import (
     BadInputError,
     ConflictError,
     NotFoundError,
-    UnauthorizedError,
 )
 from servicecore.http import install_error_handlers, int_arg, json_body
 from servicecore.naming import model_name, owner_namespace
@@ -71,11 +71,9 @@ REQUEST_KEYS = frozenset(
     }
 )
 REQUIRED_KEYS = ("files", "labels", "model")
-PUBLIC_PATHS = ("/hello", "/health", "/openapi.json")
 XROOTD_SCHEMES = ("root://", "roots://", "xroot://", "xroots://")
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 LATEST_UPLOAD = "latest"
-MAX_OWNER_LENGTH = 256
 
 
 def create_app(settings: Settings) -> Flask:
@@ -87,50 +85,9 @@ def create_app(settings: Settings) -> Flask:
     app.extensions[SERVER_NAME] = JobQueue(settings)
     app.register_blueprint(_routes())
     install_error_handlers(app)
+    app.config[SETTINGS_KEY] = settings
     install_auth(app, settings)
     return app
-
-
-def install_auth(app: Flask, settings: Settings) -> None:
-    """The one place where the authentication layer (issue 6, ``servicecore.auth``) is attached to the app.
-
-    Without an ``auth`` section the owner comes from oauth2-proxy's trusted header (see ``current_owner``).
-    """
-    if not settings.auth:
-        return
-    from servicecore import auth
-
-    auth.install_auth(app, auth.AuthSettings.from_mapping(settings.auth), public_paths=PUBLIC_PATHS)
-
-
-def current_owner() -> str:
-    """Who is calling: the one function that answers it. Every job and upload belongs to this name.
-
-    With ``auth`` settings it is the verified token's user (``servicecore.auth``). Otherwise it is the trusted
-    ``X-Forwarded-User`` / ``X-Forwarded-Email`` header set by oauth2-proxy, or ``local_user``.
-    """
-    settings = _queue().settings
-    owner = None
-    if settings.auth:
-        from servicecore.auth import current_identity
-
-        identity = current_identity()
-        owner = identity.username if identity is not None else None
-        if owner is None:
-            raise UnauthorizedError("this call needs an authenticated user")
-    elif settings.trust_forwarded_user:
-        owner = next(
-            (
-                value.strip()
-                for header in ("X-Forwarded-User", "X-Forwarded-Email")
-                if (value := request.headers.get(header, "")).strip()
-            ),
-            None,
-        )
-    owner = owner or settings.local_user
-    if len(owner) > MAX_OWNER_LENGTH or not owner.isprintable():
-        raise BadInputError("the user name is too long or not printable")
-    return owner
 
 
 def _queue() -> JobQueue:
