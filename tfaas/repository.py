@@ -3,7 +3,7 @@
 A scan is cheap (a few ``stat`` calls per version; ``params.json`` is re-read only when a bundle's fingerprint
 changes), so every worker rescans on a short interval and so sees new, changed and deleted models without a
 restart. Writes never leave a half-written model: uploads are staged in ``.incoming/`` on the same file system
-and published by :func:`appliance.training.bundle.publish` with one
+and published by :func:`servicecore.publishing.publish` with one
 rename; deletions rename the model away first.
 """
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.training.bundle import INCOMING, publish
-from servicecore.errors import BadInputError
+from servicecore.errors import BadInputError, NotFoundError
 from servicecore.naming import HIGH_WATER, check_name, record_high_water
+from servicecore.publishing import INCOMING, publish
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ SAVED_MODEL = "saved_model.pb"
 FINGERPRINT_FILES = (SAVED_MODEL, "params.json", "labels.txt", "variables/variables.index")
 
 
-class ModelNotFoundError(BadInputError):
-    """An unknown model or version: answered with HTTP 404."""
+class ModelNotFoundError(NotFoundError):
+    """An unknown model or version (HTTP 404, like every ``NotFoundError``)."""
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,10 @@ from appliance.data.specs import load_or_compute_specs
 from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
 from appliance.data.workflow import Workflow, load_workflow
 from appliance.training.bundle import check_output_directory, write_bundle
-from appliance.training.bundle import publish as publish_bundle
 from appliance.training.models import TargetEncoding, load_model, preflight_model
 from servicecore.errors import BadInputError
 from servicecore.naming import check_name
+from servicecore.publishing import publish as publish_bundle
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.training.bundle import publish
+from servicecore.publishing import publish
 from tests.tfaas.bundles import reference_predict
 from tests.tfaas.conftest import populate
 from tests.tfaas.server import TfaasServer, tfaas_server

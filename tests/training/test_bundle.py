@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from appliance.training import bundle
-from appliance.training.bundle import check_output_directory, publish
-from servicecore import naming
+from appliance.training.bundle import check_output_directory
+from servicecore import naming, publishing
 from servicecore.errors import BadInputError
 from servicecore.naming import next_version
+from servicecore.publishing import publish
 
 
 def fake_bundle(path: Path, marker: str = "a") -> Path:
@@ -73,14 +74,14 @@ def test_concurrent_publishers_never_share_a_version(tmp_path):
 def test_a_publisher_losing_the_race_takes_the_next_number(tmp_path, monkeypatch):
     repo = tmp_path / "models"
     publish(fake_bundle(tmp_path / "b0"), repo, "m")
-    real_next = bundle.next_version
+    real_next = publishing.next_version
     calls = []
 
     def stale_next(model_dir: Path) -> int:
         calls.append(1)
         return 1 if len(calls) == 1 else real_next(model_dir)  # first answer is stale: version 1 exists
 
-    monkeypatch.setattr(bundle, "next_version", stale_next)
+    monkeypatch.setattr(publishing, "next_version", stale_next)
     path, version = publish(fake_bundle(tmp_path / "b1", "new"), repo, "m")
     assert version == 2 and (path / "saved_model.pb").read_text() == "new"
     assert (repo / "m" / "1" / "saved_model.pb").read_text() == "a"  # never overwritten
@@ -94,7 +95,7 @@ def test_a_failed_publication_leaves_nothing_in_the_repository(tmp_path, monkeyp
         Path(dst, "saved_model.pb").write_text("half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(bundle.shutil, "copytree", broken_copy)
+    monkeypatch.setattr(publishing.shutil, "copytree", broken_copy)
     with pytest.raises(OSError, match="disk full"):
         publish(source, repo, "m")
     assert list((repo / ".incoming").iterdir()) == []
