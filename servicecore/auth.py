@@ -8,6 +8,15 @@ Verification order matters for safety: the token's ``alg`` is checked against an
 anything else (so ``alg: none`` and HMAC tokens, including HS256 "signed" with the public key, never reach
 a key lookup), and the ``iss`` claim is checked against the configured issuers before any network request
 is made (so a token cannot make the service fetch keys from a URL of the attacker's choosing).
+
+Modes (``auth.mode``): ``oidc`` verifies tokens and applies the access policy (``owner_sub``,
+``allowed_groups``); the two demo modes, ``local-demo`` (every caller is ``local_user``) and
+``trusted-header-demo`` (the caller is oauth2-proxy's ``X-Forwarded-User``), trust whoever can reach the
+port, so they are refused unless the service binds a loopback address. Left unset (``auto``), the mode is
+``oidc`` beyond loopback and ``trusted-header-demo`` on it (a bare ``serve`` on 127.0.0.1 is the local demo).
+
+One module, because the settings, the verifier and the Flask hooks are one security decision: a reader
+checking what a request must carry should not have to follow it across files.
 """
 
 from __future__ import annotations
@@ -35,7 +44,17 @@ from servicecore.naming import owner_namespace, owns
 
 log = logging.getLogger(__name__)
 
-MODES = ("oidc", "disabled")
+OIDC = "oidc"
+LOCAL_DEMO = "local-demo"
+TRUSTED_HEADER_DEMO = "trusted-header-demo"
+AUTO = "auto"  # decided by the bind address: see ``AuthSettings.for_bind``
+DEMO_MODES = (LOCAL_DEMO, TRUSTED_HEADER_DEMO)
+MODES = (AUTO, OIDC, *DEMO_MODES)
+# Older names, still read from existing config files.
+LEGACY_MODES = {"disabled": LOCAL_DEMO}
+# oauth2-proxy's identity headers, in the order they are read (trusted-header-demo).
+FORWARDED_USER_HEADERS = ("X-Forwarded-User", "X-Forwarded-Email")
+MAX_USERNAME_LENGTH = 256
 # Public-key algorithms only: with a shared-secret (HS*) one, whoever has the public key could forge tokens.
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
@@ -47,12 +66,13 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 class AuthSettings:
     """How the services check callers. Embedded in both services' settings objects as ``auth``."""
 
-    mode: str = "disabled"  # "oidc" in production; "disabled" for a laptop, where everyone is local_user
+    mode: str = AUTO  # oidc beyond loopback, trusted-header-demo on it; see the module's docstring
     issuers: tuple[str, ...] = ()  # accepted ``iss`` values; each must serve OIDC discovery
     audiences: tuple[str, ...] = ()  # a token's ``aud`` must name at least one
     groups_claims: tuple[str, ...] = ("groups", "wlcg.groups")  # INDIGO IAM issues both
-    allowed_groups: tuple[str, ...] = ()  # empty: any verified user; "/cms" and "cms" are the same group
-    owner_sub: str | None = None  # an appliance dedicated to one user: only this ``sub`` gets in
+    allowed_groups: tuple[str, ...] = ()  # members of any of them get in; "/cms" and "cms" are the same group
+    owner_sub: str | None = None  # the launching user's ``sub``: this user gets in
+    allow_any_user: bool = False  # oidc without owner_sub nor allowed_groups: every user of the issuers
     username_claim: str = "preferred_username"  # names the user's namespace; ``sub`` when absent
     algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
     clock_skew_s: int = 60
@@ -62,29 +82,69 @@ class AuthSettings:
     ca_bundle: str | None = None  # CA file for the issuer's TLS, when it is not in the system store
     public_paths: tuple[str, ...] = ()  # glob patterns answered without a token, added to the app's own
     loopback_paths: tuple[str, ...] = ()  # answered without a token only to loopback callers not proxied
-    local_user: str = "local"  # the identity of every caller in "disabled" mode
+    local_user: str = "local"  # the caller in local-demo; in trusted-header-demo, a direct one with no header
     local_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.mode in LEGACY_MODES:
+            object.__setattr__(self, "mode", LEGACY_MODES[self.mode])
         if self.mode not in MODES:
-            raise BadInputError(f"auth mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise BadInputError(f"setting auth.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         refused = [alg for alg in self.algorithms if alg not in ASYMMETRIC_ALGORITHMS]
         if refused:
             raise BadInputError(
                 f"auth algorithms {refused} are refused: only public-key algorithms are accepted "
                 f"({', '.join(ASYMMETRIC_ALGORITHMS)})"
             )
-        if self.mode == "oidc":
+        if self.mode == OIDC:
             if not self.issuers:
-                raise BadInputError("auth mode 'oidc' needs at least one issuer")
+                raise BadInputError("setting auth.issuers: auth mode 'oidc' needs at least one issuer")
             if not self.audiences:
-                raise BadInputError("auth mode 'oidc' needs at least one audience (the client id)")
+                raise BadInputError(
+                    "setting auth.audiences: auth mode 'oidc' needs at least one audience (the client id)"
+                )
             for issuer in self.issuers:
                 _check_issuer_url(issuer)
+            if self.owner_sub is None and not self.allowed_groups and not self.allow_any_user:
+                raise BadInputError(
+                    "setting auth.owner_sub / auth.allowed_groups: with neither, every user of the issuers "
+                    "could use this service; set the launching user's sub (owner_sub), the groups allowed "
+                    "in (allowed_groups), or allow_any_user: true to mean it"
+                )
+        if self.owner_sub is not None and not self.owner_sub.strip():
+            raise BadInputError("setting auth.owner_sub must not be empty (leave it out instead)")
         if self.clock_skew_s < 0 or self.clock_skew_s > 600:
             raise BadInputError(f"auth clock_skew_s must be between 0 and 600, got {self.clock_skew_s}")
         if not self.local_user:
-            raise BadInputError("auth local_user must not be empty")
+            raise BadInputError("setting auth.local_user must not be empty")
+
+    @property
+    def is_demo(self) -> bool:
+        """Whether callers are trusted without a token (``local-demo``, ``trusted-header-demo``)."""
+        return self.mode in DEMO_MODES
+
+    def for_bind(self, host: str, loopback_default: str = TRUSTED_HEADER_DEMO) -> AuthSettings:
+        """These settings for a service bound to ``host``: ``auto`` decided; a demo mode off loopback refused.
+
+        A demo mode trusts whoever reaches the port, which is safe only when that is this host (behind
+        oauth2-proxy, or a laptop). Raises ``BadInputError`` naming ``auth.mode`` otherwise.
+        """
+        loopback = is_loopback_address(host)
+        if self.mode == AUTO:
+            mode = loopback_default if loopback else OIDC
+            try:
+                return dataclasses.replace(self, mode=mode)
+            except BadInputError as err:
+                raise BadInputError(
+                    f"{err} (auth.mode is not set, and a service that binds {host!r}, not a loopback "
+                    "address, verifies tokens: mode 'oidc')"
+                ) from None
+        if self.is_demo and not loopback:
+            raise BadInputError(
+                f"setting auth.mode: {self.mode!r} is a demo mode that trusts every caller, refused for a "
+                f"service that binds {host!r}: bind 127.0.0.1 (behind oauth2-proxy) or use mode 'oidc'"
+            )
+        return self
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | AuthSettings | None) -> AuthSettings:
@@ -151,18 +211,20 @@ def _check_issuer_url(issuer: str) -> None:
     parts = urllib.parse.urlsplit(issuer)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback_address(parts.hostname):
         return  # a local test issuer; keys over plain HTTP from anywhere else could be swapped in transit
     raise BadInputError(f"auth issuer {issuer!r} must be an https:// URL (http:// only for loopback)")
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_address(host: str) -> bool:
+    """Whether ``host`` (a bind or peer address) is this machine only; "" and 0.0.0.0 are every interface."""
+    host = host.strip().removeprefix("[").removesuffix("]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
+        return False  # a host name other than localhost may resolve anywhere
 
 
 def _same_issuer(a: str, b: str) -> bool:
@@ -334,7 +396,19 @@ def _from_loopback_directly(request: flask.Request) -> bool:
     # oauth2-proxy adds X-Forwarded-For: a proxied request is public traffic, though it arrives on loopback.
     if request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded"):
         return False
-    return _is_loopback_host(request.remote_addr or "")
+    return is_loopback_address(request.remote_addr or "")
+
+
+def forwarded_user(request: flask.Request) -> str | None:
+    """oauth2-proxy's ``X-Forwarded-User``, else ``X-Forwarded-Email``: trusted in the header demo only."""
+    return next(
+        (
+            value.strip()
+            for header in FORWARDED_USER_HEADERS
+            if (value := request.headers.get(header, "")).strip()
+        ),
+        None,
+    )
 
 
 def install_auth(
@@ -345,31 +419,42 @@ def install_auth(
 ) -> None:
     """Check the caller of every request to ``app``; the identity is then ``current_identity()``.
 
-    ``public_paths`` and ``loopback_paths`` are the app's own glob patterns (health, metrics); the settings
-    may add more. Refusals are JSON: 401 with ``WWW-Authenticate: Bearer`` or 403, also for ``AuthError``
-    raised in a view (``require_owner``).
+    ``settings`` must have a decided mode (``AuthSettings.for_bind``): the bind address, which decides it, is
+    the service's. ``public_paths`` and ``loopback_paths`` are the app's own glob patterns (health,
+    metrics); the settings may add more. Refusals are JSON: 401 with ``WWW-Authenticate: Bearer`` or 403,
+    also for ``AuthError`` raised in a view (``require_owner``).
     """
     settings = AuthSettings.from_mapping(settings)
+    if settings.mode == AUTO:
+        raise BadInputError("setting auth.mode is undecided: give the settings for_bind(the bound address)")
     public = (*public_paths, *settings.public_paths)
     loopback = (*loopback_paths, *settings.loopback_paths)
-    verifier = TokenVerifier(settings) if settings.mode == "oidc" else None
-    if verifier is None:
-        log.warning("authentication is disabled: every caller is %r", settings.local_user)
+    verifier = TokenVerifier(settings) if settings.mode == OIDC else None
+    if settings.is_demo:
+        log.warning(
+            "auth mode %s: callers are trusted without a token (%s)",
+            settings.mode,
+            f"every caller is {settings.local_user!r}"
+            if settings.mode == LOCAL_DEMO
+            else "the caller is X-Forwarded-User",
+        )
     local = Identity(sub=settings.local_user, username=settings.local_user, groups=settings.local_groups)
     app.extensions["auth"] = verifier
+    app.extensions["auth_settings"] = settings
     app.register_error_handler(AuthError, _refusal)
 
     @app.before_request
     def _authenticate() -> flask.Response | None:
-        path = flask.request.path
-        if _matches(path, public) or (_matches(path, loopback) and _from_loopback_directly(flask.request)):
+        request = flask.request
+        path = request.path
+        if _matches(path, public) or (_matches(path, loopback) and _from_loopback_directly(request)):
             flask.g.identity = None
             return None
-        if verifier is None:
-            flask.g.identity = local
-            return None
-        token = bearer_token(flask.request)
         try:
+            if verifier is None:
+                flask.g.identity = _demo_identity(settings, local, request)
+                return None
+            token = bearer_token(request)
             if token is None:
                 raise AuthError(401, "a bearer token is required (Authorization: Bearer <token>)")
             flask.g.identity = verifier.verify(token)
@@ -381,16 +466,29 @@ def install_auth(
         return None
 
 
+def _demo_identity(settings: AuthSettings, local: Identity, request: flask.Request) -> Identity:
+    if settings.mode == LOCAL_DEMO:
+        return local
+    name = forwarded_user(request)
+    if name is None:
+        if _from_loopback_directly(request):
+            return local  # someone on this host, not through oauth2-proxy: the local demo user
+        raise AuthError(401, "a proxied request must carry X-Forwarded-User (trusted-header-demo)")
+    if len(name) > MAX_USERNAME_LENGTH or not name.isprintable():
+        raise AuthError(401, "the X-Forwarded-User name is too long or not printable")
+    return Identity(sub=name, username=name)
+
+
 def current_identity() -> Identity | None:
-    """The verified caller of this request; None on public paths."""
+    """The caller of this request (verified, or the demo user); None on public paths."""
     return flask.g.get("identity")
 
 
 def require_owner(name: str) -> None:
-    """Refuse (403) a change to ``name`` unless the verified caller owns it; no check without OIDC."""
+    """Refuse (403) a change to ``name`` unless the caller owns it, in every mode (the demo user too)."""
     identity = current_identity()
-    if flask.current_app.extensions.get("auth") is None or identity is None:
-        return
+    if identity is None:
+        raise AuthError(401, "this call needs an authenticated user")
     if not owns(identity.username, name):
         raise AuthError(
             403, f"{name!r} is not in your namespace: use names starting with '{identity.namespace}.'"
@@ -415,6 +513,11 @@ def _json_error(status: int, message: str) -> flask.Response:
 
 
 __all__ = [
+    "AUTO",
+    "DEMO_MODES",
+    "LOCAL_DEMO",
+    "OIDC",
+    "TRUSTED_HEADER_DEMO",
     "AuthError",
     "AuthSettings",
     "Identity",
@@ -422,6 +525,8 @@ __all__ = [
     "TokenVerifier",
     "bearer_token",
     "current_identity",
+    "forwarded_user",
     "install_auth",
+    "is_loopback_address",
     "require_owner",
 ]

@@ -1,11 +1,12 @@
 """Who is calling TFaaS: the one place that attaches the auth layer; ownership checks are in
-``servicecore.auth.require_owner``.
+``servicecore.auth.require_owner``, enforced in every mode.
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
+from servicecore import auth
 from tfaas.settings import Settings
 
 PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready", "/status", "/metrics")
@@ -16,12 +17,5 @@ def public_paths(settings: Settings) -> tuple[str, ...]:
 
 
 def install_auth(app: Flask, settings: Settings) -> None:
-    """The one place where authentication (issue 6, ``servicecore.auth``) is attached to the app.
-
-    Without an ``auth`` section TFaaS trusts its caller, which is oauth2-proxy on the same host.
-    """
-    if not settings.auth:
-        return
-    from servicecore import auth
-
-    auth.install_auth(app, settings.auth, public_paths=public_paths(settings))
+    """Attach ``servicecore.auth`` with TFaaS's public paths (under its URL prefix)."""
+    auth.install_auth(app, settings.auth_settings, public_paths=public_paths(settings))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from servicecore.auth import AuthSettings
 from servicecore.errors import BadInputError
 
 ENV_PREFIX = "TFAAS_"
@@ -73,6 +74,12 @@ class Settings:
             raise BadInputError("workers and threads must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise BadInputError("TLS needs both serverCrt/tls_cert and serverKey/tls_key")
+        self.auth_settings  # noqa: B018 (refuses, at start-up, auth settings that would open TFaaS)
+
+    @property
+    def auth_settings(self) -> AuthSettings:
+        """The identity settings for the address TFaaS binds (``servicecore.auth``, docs/auth.md)."""
+        return AuthSettings.from_mapping(self.auth).for_bind(self.host)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: Settings | None = None) -> Settings:

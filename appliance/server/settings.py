@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from servicecore.auth import LOCAL_DEMO, TRUSTED_HEADER_DEMO, AuthSettings
 from servicecore.errors import BadInputError
 
 ENV_PREFIX = "MLAAS4HEP_"
@@ -63,17 +64,21 @@ class Settings:
     kill_grace_s: float = _setting(10.0, "seconds between SIGTERM and SIGKILL when a job is stopped")
     heartbeat_s: float = _setting(5.0, "how often a worker marks its running jobs alive")
     stale_after_s: float = _setting(120.0, "a running job whose worker is silent this long is marked failed")
-    local_user: str = _setting("local", "owner of requests that carry no identity (no auth front)")
+    local_user: str = _setting("local", "the demo user (auth.local_user unless auth sets it; docs/auth.md)")
     trust_forwarded_user: bool = _setting(
-        True, "take the owner from X-Forwarded-User / X-Forwarded-Email (set by oauth2-proxy)"
+        True, "with auth.mode unset on loopback: trusted-header-demo (true) or local-demo (false)"
     )
-    auth: Mapping[str, Any] = _setting({}, "servicecore.auth settings; when set, owners come from tokens")
+    auth: Mapping[str, Any] = _setting({}, "servicecore.auth settings: mode, issuers, policy (docs/auth.md)")
     max_upload_bytes: int = _setting(1024 * MiB, "largest request body and largest unpacked upload")
     max_upload_members: int = _setting(10_000, "most members in an uploaded archive")
     check_urls: bool = _setting(True, "stat every root:// input when a job is submitted")
     url_check_timeout_s: int = _setting(10, "time allowed for each of those checks")
     follow_max_s: int = _setting(600, "longest a followed log stream stays open")
     job_env: Mapping[str, str] = _setting({}, "extra environment of jobs, e.g. X509_USER_PROXY")
+    job_uids: str = _setting("61000-61999", "uids (each also its gid) given to jobs, one per running job")
+    job_network: str = _setting("isolated", '"isolated" (own namespace, job_network_allow only) or "host"')
+    job_network_allow: str = _setting("127.0.0.1:1094", "ADDRESS:PORT,... a job may reach (XRootD proxy)")
+    max_bundle_bytes: int = _setting(4096 * MiB, "largest model bundle a job may produce")
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
@@ -97,6 +102,14 @@ class Settings:
         check(self.stale_after_s > 2 * self.heartbeat_s, "stale_after_s must exceed two heartbeats")
         check(bool(self.local_user), "local_user must not be empty")
         check(all(isinstance(v, str) for v in self.job_env.values()), "job_env values must be strings")
+        self.auth_settings  # noqa: B018 (refuses, at start-up, auth settings that would open the API)
+
+    @property
+    def auth_settings(self) -> AuthSettings:
+        """The identity settings for the address the API binds (``servicecore.auth``, docs/auth.md)."""
+        demo = TRUSTED_HEADER_DEMO if self.trust_forwarded_user else LOCAL_DEMO
+        auth = AuthSettings.from_mapping({"local_user": self.local_user, **self.auth})
+        return auth.for_bind(self.host, loopback_default=demo)
 
     # -- where things live -------------------------------------------------------------------------------
 

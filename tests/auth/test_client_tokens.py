@@ -33,7 +33,13 @@ def tls_idp(tmp_path_factory):
 def verifier(tls_idp) -> TokenVerifier:
     idp, cert = tls_idp
     return TokenVerifier(
-        AuthSettings(mode="oidc", issuers=(idp.issuer,), audiences=(AUDIENCE,), ca_bundle=str(cert))
+        AuthSettings(
+            mode="oidc",
+            issuers=(idp.issuer,),
+            audiences=(AUDIENCE,),
+            allow_any_user=True,
+            ca_bundle=str(cert),
+        )
     )
 
 

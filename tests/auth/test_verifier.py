@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -224,7 +225,8 @@ def test_an_unreachable_issuer_is_503_json_not_500(alice) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with IdentityProvider.running() as idp:
         token = idp.mint(alice, AUDIENCE, issuer=dead)
-    app = make_app(AuthSettings(mode="oidc", issuers=(dead,), audiences=(AUDIENCE,), http_timeout_s=1))
+    settings = AuthSettings(mode="oidc", issuers=(dead,), audiences=(AUDIENCE,), allow_any_user=True)
+    app = make_app(dataclasses.replace(settings, http_timeout_s=1))
     response = call(app, token)
     assert response.status_code == 503
     assert "identity provider" in response.get_json()["error"]
@@ -258,8 +260,9 @@ def test_public_and_loopback_paths(app) -> None:
     assert remote.status_code == 401
 
 
-def test_disabled_mode_is_the_local_user(idp) -> None:
-    app = make_app(AuthSettings(mode="disabled", local_user="me", local_groups=("cms",)))
+@pytest.mark.parametrize("mode", ["local-demo", "disabled"])  # "disabled": its older name
+def test_local_demo_mode_is_the_local_user(idp, mode) -> None:
+    app = make_app(AuthSettings(mode=mode, local_user="me", local_groups=("cms",)))
     assert call(app).get_json() == {"sub": "me", "username": "me", "groups": ["cms"]}
 
 

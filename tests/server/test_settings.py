@@ -17,11 +17,16 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "server.md"
 
 def test_file_environment_and_flags_in_order(tmp_path):
     config = tmp_path / "server.yaml"
-    config.write_text("data_dir: /srv/a\nport: 9000\nmax_concurrent_jobs: 3\nauth: {mode: disabled}\n")
+    # Bound beyond loopback (the flag below), the API must verify tokens: a demo mode would be refused.
+    auth = (
+        "auth: {mode: oidc, issuers: ['https://iam.example/'], audiences: [mlaas4hep], allowed_groups: [cms]}"
+    )
+    config.write_text(f"data_dir: /srv/a\nport: 9000\nmax_concurrent_jobs: 3\n{auth}\n")
     env = {"MLAAS4HEP_PORT": "9100", "MLAAS4HEP_GPU_JOBS": "true", "MLAAS4HEP_JOB_ENV": '{"A": "1"}'}
     settings = Settings.load(config, environ=env, host="0.0.0.0", port=None)
     assert settings.data_dir == Path("/srv/a") and settings.port == 9100 and settings.host == "0.0.0.0"
     assert settings.max_concurrent_jobs == 3 and settings.gpu_jobs is True and settings.job_env == {"A": "1"}
+    assert settings.auth_settings.mode == "oidc" and settings.auth_settings.allowed_groups == ("cms",)
     assert settings.model_repository == Path("/srv/a/models")
     assert settings.job_db == Path("/srv/a/jobs.db")
     json_config = tmp_path / "server.json"
