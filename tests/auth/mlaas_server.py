@@ -28,10 +28,13 @@ def data_directory() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def mlaas_api(data_dir: Path, idp: IdentityProvider, workers: int = 2, **settings: object) -> Iterator[str]:
-    """``python -m appliance serve`` with ``auth`` pointing at ``idp``; yields its base URL."""
+def mlaas_api(
+    data_dir: Path, idp: IdentityProvider, workers: int = 2, auth: dict | None = None, **settings: object
+) -> Iterator[str]:
+    """``python -m appliance serve`` with ``auth`` (default: the matrix's, on ``idp``); yields its URL."""
     port = free_port()
     argv = [sys.executable, "-m", "appliance", "serve", "--data-dir", str(data_dir), "--port", str(port)]
-    env = server_env(data_dir, workers=workers, auth=json.dumps(service_auth(idp)), **settings)
+    auth = service_auth(idp) if auth is None else auth
+    env = server_env(data_dir, workers=workers, auth=json.dumps(auth), **settings)
     with running(argv, port, data_dir / f"api-{port}.log", env=env, cwd=REPO):
         yield f"http://127.0.0.1:{port}"

@@ -24,7 +24,10 @@ ROW = [0.3, -1.2, 2.0, 0.7]
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, bundle_sources: dict[str, Path]) -> Iterator[TfaasServer]:
-    """One worker, so that what a request changes is what the next request sees; small upload limits."""
+    """One worker, so that what a request changes is what the next request sees; small upload limits.
+
+    No auth settings on loopback: the callers are the demo user ``local``, who owns ``local.*`` only.
+    """
     base = tmp_path_factory.mktemp("live")
     repo = populate(base / "models", bundle_sources)
     env = {"TFAAS_MAX_UPLOAD_BYTES": str(8 << 20), "TFAAS_MAX_UPLOAD_MEMBERS": "200"}
@@ -161,21 +164,21 @@ def test_tar_bundle_upload_publishes_a_new_version(
 ) -> None:
     response = live.post(
         "/upload",
-        data=tar_of(named(bundle_sources["small_v2"], "uploaded", tmp_path), "uploaded"),
+        data=tar_of(named(bundle_sources["small_v2"], "local.uploaded", tmp_path), "local.uploaded"),
         headers={"Content-Type": "application/gzip"},
     )
     assert response.status_code == 201, response.text
-    assert response.json() == {"model": "uploaded", "version": 1}
-    assert np.allclose(predict(live, "uploaded"), outputs["small_v2"], rtol=1e-5)
+    assert response.json() == {"model": "local.uploaded", "version": 1}
+    assert np.allclose(predict(live, "local.uploaded"), outputs["small_v2"], rtol=1e-5)
     again = live.post(
         "/upload",
-        data=tar_of(named(bundle_sources["small_v1"], "uploaded", tmp_path), "uploaded"),
+        data=tar_of(named(bundle_sources["small_v1"], "local.uploaded", tmp_path), "local.uploaded"),
         headers={"Content-Type": "application/x-tar"},
     )
     assert again.json()["version"] == 2
     # the worker that took the upload rescans at once: no stale model, no waiting
-    assert np.allclose(predict(live, "uploaded"), outputs["small_v1"], rtol=1e-5)
-    assert live.get("/params/uploaded").json()["version"] == 2
+    assert np.allclose(predict(live, "local.uploaded"), outputs["small_v1"], rtol=1e-5)
+    assert live.get("/params/local.uploaded").json()["version"] == 2
 
 
 def test_multipart_upload_of_the_original_form(
@@ -187,10 +190,10 @@ def test_multipart_upload_of_the_original_form(
         for entry in ("saved_model.pb", "variables", "assets", "fingerprint.pb"):
             if (source / entry).exists():
                 archive.add(source / entry, arcname=entry)
-    params = {"name": "alice.form", "input_name": "inputs", "output_name": "outputs"}
+    params = {"name": "local.form", "input_name": "inputs", "output_name": "outputs"}
     response = live.post(
         "/upload",
-        data={"name": "alice.form"},
+        data={"name": "local.form"},
         files={
             "params": ("params.json", json.dumps(params)),
             "labels": ("labels.txt", "first\nsecond\n"),
@@ -198,10 +201,10 @@ def test_multipart_upload_of_the_original_form(
         },
     )
     assert response.status_code == 201, response.text
-    assert np.allclose(predict(live, "alice.form"), outputs["small_v2"], rtol=1e-5)
+    assert np.allclose(predict(live, "local.form"), outputs["small_v2"], rtol=1e-5)
     from tfaas import proto
 
-    row = proto.Row(value=ROW, model="alice.form").SerializeToString()
+    row = proto.Row(value=ROW, model="local.form").SerializeToString()
     labels = [p.label for p in proto.Predictions.FromString(live.post("/proto", data=row).content).prediction]
     assert labels == ["first", "second"]
 
@@ -282,16 +285,16 @@ def test_upload_size_limits(live: TfaasServer, bundle_sources: dict[str, Path]) 
 def test_bad_bundles_are_refused_and_change_nothing(
     live: TfaasServer, bundle_sources: dict[str, Path], tmp_path: Path, mutate: Callable, message: str
 ) -> None:
-    bundle = named(bundle_sources["small_v1"], "candidate", tmp_path)
+    bundle = named(bundle_sources["small_v1"], "local.candidate", tmp_path)
     mutate(bundle)
     before = tree(live.repo)
     response = live.post(
-        "/upload", data=tar_of(bundle, "candidate"), headers={"Content-Type": "application/gzip"}
+        "/upload", data=tar_of(bundle, "local.candidate"), headers={"Content-Type": "application/gzip"}
     )
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
     assert tree(live.repo) == before
-    assert live.get("/params/candidate").status_code == 404
+    assert live.get("/params/local.candidate").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -315,19 +318,19 @@ def test_malformed_uploads(live: TfaasServer, kwargs: dict, status: int, message
 
 
 def test_delete_by_path_and_by_form_field(live: TfaasServer, bundle_sources: dict[str, Path]) -> None:
-    publish(bundle_sources["small_v1"], live.repo, "doomed")
-    publish(bundle_sources["small_v2"], live.repo, "doomed")
-    publish(bundle_sources["small_v1"], live.repo, "doomed2")
-    eventually(lambda: live.get("/params/doomed2").status_code == 200)
-    one = live.delete("/delete/doomed?version=2")
-    assert one.status_code == 200 and one.json() == {"deleted": "doomed", "versions": [2]}
-    assert live.get("/params/doomed").json()["version"] == 1
-    assert live.delete("/delete/doomed").json()["versions"] == [1]
-    assert live.post("/json", json={"model": "doomed", "values": ROW}).status_code == 404
-    assert live.delete("/delete", files={"model": (None, "doomed2")}).status_code == 200
-    assert live.get("/params/doomed2").status_code == 404
-    assert live.delete("/delete/doomed").status_code == 404
+    publish(bundle_sources["small_v1"], live.repo, "local.doomed")
+    publish(bundle_sources["small_v2"], live.repo, "local.doomed")
+    publish(bundle_sources["small_v1"], live.repo, "local.doomed2")
+    eventually(lambda: live.get("/params/local.doomed2").status_code == 200)
+    one = live.delete("/delete/local.doomed?version=2")
+    assert one.status_code == 200 and one.json() == {"deleted": "local.doomed", "versions": [2]}
+    assert live.get("/params/local.doomed").json()["version"] == 1
+    assert live.delete("/delete/local.doomed").json()["versions"] == [1]
+    assert live.post("/json", json={"model": "local.doomed", "values": ROW}).status_code == 404
+    assert live.delete("/delete", files={"model": (None, "local.doomed2")}).status_code == 200
+    assert live.get("/params/local.doomed2").status_code == 404
+    assert live.delete("/delete/local.doomed").status_code == 404
     assert live.delete("/delete").status_code == 400
     # a deleted version number is never handed out again
-    _, version = publish(bundle_sources["small_v1"], live.repo, "doomed")
+    _, version = publish(bundle_sources["small_v1"], live.repo, "local.doomed")
     assert version == 3
