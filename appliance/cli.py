@@ -105,7 +105,7 @@ def _dispatch(args: argparse.Namespace) -> dict | int | None:
             progress=not args.quiet and sys.stderr.isatty(),
         )
     if args.command == "train":
-        from appliance.training.trainer import train_from_cli
+        from appliance.training.command import train_from_cli
 
         return train_from_cli(args)
     if args.command == "generate":

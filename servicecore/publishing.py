@@ -15,7 +15,6 @@ import secrets
 import shutil
 from pathlib import Path
 
-from servicecore import atomic
 from servicecore.naming import check_name, next_version, record_high_water
 
 INCOMING = ".incoming"
@@ -72,7 +71,9 @@ def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path
             version = next_version(model_dir)
             params["version"] = version
             params["name"] = name
-            atomic.write_json(staging / "params.json", params)
+            # In place, not through a temporary file: the staging copy is private until the rename, and a
+            # new file would take its group from the copy's directory, whose setgid bit copytree dropped.
+            (staging / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
             target = model_dir / str(version)
             try:
                 # A publisher that took this number first leaves a non-empty directory: rename then fails.

@@ -7,21 +7,17 @@ stream's own thread, overlaps with training. Validation and test events are neve
 pass they are written to a hold-out cache on disk beside the output (memory stays bounded by the chunk
 size); validation runs on the cache after each epoch and the final evaluation on the test cache.
 
-Progress events (``progress`` callback, ``--progress-file`` lines) are documented in docs/training.md.
+Progress events (``progress`` callback, ``--progress-file`` lines) are documented in docs/training.md; the
+``mlaas4hep train`` command around this module is ``appliance.training.command``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import math
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +33,8 @@ from appliance.data.specs import load_or_compute_specs
 from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
 from appliance.data.workflow import Workflow, load_workflow
 from appliance.training.bundle import check_output_directory, write_bundle
+from appliance.training.evaluation import roc_metrics
+from appliance.training.holdout import HoldOut
 from appliance.training.models import TargetEncoding, load_model, preflight_model
 from servicecore.errors import BadInputError
 from servicecore.naming import check_name
@@ -45,69 +43,11 @@ from servicecore.publishing import publish as publish_bundle
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
-# Rows per hold-out cache file: large enough for few files, small enough to keep memory bounded.
-HOLDOUT_BLOCK_ROWS = 65_536
 PROGRESS_INTERVAL_S = 5.0
-ROC_POINTS = 200
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# -- hold-out cache ----------------------------------------------------------------------------------------
-
-
-class HoldOut:
-    """Validation or test events of the first pass, kept in ``.npy`` blocks on disk, read back in batches."""
-
-    def __init__(self, directory: Path, name: str, dim: int, block_rows: int = HOLDOUT_BLOCK_ROWS) -> None:
-        self.directory = directory
-        self.name = name
-        self.dim = dim
-        self.block_rows = block_rows
-        self.blocks: list[tuple[Path, Path]] = []
-        self.events = 0
-        self._x: list[np.ndarray] = []
-        self._y: list[np.ndarray] = []
-        self._buffered = 0
-
-    def append(self, x: np.ndarray, y: np.ndarray) -> None:
-        if len(y) == 0:
-            return
-        self._x.append(x)
-        self._y.append(y)
-        self._buffered += len(y)
-        self.events += len(y)
-        if self._buffered >= self.block_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._buffered:
-            return
-        index = len(self.blocks)
-        paths = (
-            self.directory / f"{self.name}-{index:05d}-x.npy",
-            self.directory / f"{self.name}-{index:05d}-y.npy",
-        )
-        np.save(paths[0], np.concatenate(self._x))
-        np.save(paths[1], np.concatenate(self._y))
-        self.blocks.append(paths)
-        self._x, self._y, self._buffered = [], [], 0
-
-    def labels(self) -> np.ndarray:
-        self.flush()
-        if not self.blocks:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.load(y_path) for _, y_path in self.blocks])
-
-    def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        self.flush()
-        for x_path, y_path in self.blocks:
-            yield np.load(x_path, mmap_mode="r"), np.load(y_path)
-
-
-# -- the training run --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -292,40 +232,6 @@ class Trainer:
         auc, roc = roc_metrics(y, probabilities, self.stream.class_names)
         metrics |= auc
         return metrics, roc
-
-
-def roc_metrics(
-    y: np.ndarray, probabilities: np.ndarray, class_names: list[str]
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """ROC AUC (binary, or one-vs-rest macro average for more classes) and the curves, with scikit-learn."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    n_classes = probabilities.shape[1]
-    present = np.unique(y)
-    if len(present) < 2:
-        return {"auc": None, "auc_note": "the test part holds a single class"}, None
-    curves: dict[str, Any] = {}
-    per_class: dict[str, float | None] = {}
-    targets = [n_classes - 1] if n_classes == 2 else range(n_classes)
-    for k in targets:
-        positive = y == k
-        if not positive.any() or positive.all():
-            per_class[class_names[k]] = None
-            continue
-        fpr, tpr, _ = roc_curve(positive, probabilities[:, k])
-        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).astype(int))
-        area = float(roc_auc_score(positive, probabilities[:, k]))
-        per_class[class_names[k]] = area
-        curves[class_names[k]] = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "auc": area}
-    if n_classes == 2:
-        return {"auc": per_class[class_names[1]]}, curves
-    try:
-        macro = float(
-            roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=list(range(n_classes)))
-        )
-    except ValueError:
-        macro = None  # a class is missing from the test part
-    return {"auc": macro, "auc_per_class": per_class}, curves
 
 
 @contextlib.contextmanager
@@ -536,86 +442,3 @@ def _metrics_document(
         "seconds": round(seconds, 3),
         "finished": now(),
     }
-
-
-def train_from_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """``mlaas4hep train``: train, print progress unless quiet, and append progress JSON lines to a file.
-
-    SIGTERM (a cancelled job) is turned into KeyboardInterrupt so that temporary directories are removed.
-    """
-    progress_path = Path(args.progress_file) if getattr(args, "progress_file", None) else None
-    quiet = bool(getattr(args, "quiet", False))
-    lock = threading.Lock()
-    progress_file = progress_path.open("a", buffering=1) if progress_path else None
-
-    def report(event: dict[str, Any]) -> None:
-        with lock:
-            if progress_file is not None:
-                progress_file.write(json.dumps(event, sort_keys=True, default=str) + "\n")
-            if not quiet:
-                print(describe_progress(event), file=sys.stderr, flush=True)
-
-    previous = _terminate_as_interrupt()
-    try:
-        return run_training(
-            files=args.files,
-            labels=args.labels,
-            model=args.model,
-            params=args.params,
-            preproc=args.preproc,
-            specs=args.specs,
-            fout=args.fout,
-            publish=args.publish,
-            name=args.name,
-            progress=report,
-        )
-    except BadInputError as err:
-        report({"stage": "failed", "error": str(err), "time": now()})
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if progress_file is not None:
-            progress_file.close()
-
-
-def _terminate_as_interrupt() -> Any:
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, interrupt)
-
-
-def describe_progress(event: Mapping[str, Any]) -> str:
-    """One human line per progress event, for the terminal."""
-    stage = event.get("stage")
-    if stage == "train" and event.get("epoch", 0) == 0:
-        return f"training {event.get('parameters')} parameters on {event.get('device')}"
-    if stage == "train":
-        parts = [f"epoch {event['epoch']}/{event['epochs']}"]
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            if event.get(key) is not None:
-                parts.append(f"{key} {event[key]:.4f}")
-        if event.get("events_per_s"):
-            parts.append(f"{event['events_per_s']:.0f} events/s")
-        return ("  " if event.get("partial") else "") + ", ".join(parts)
-    if stage == "specs":
-        if "events" in event:
-            return (
-                f"specs: {event['events']} events, {event['features']} features, classes {event['classes']}"
-            )
-        return f"specs: reading {event['files']} file(s)"
-    if stage == "evaluate":
-        return f"evaluating on {event['events']} test events"
-    if stage == "publish":
-        return f"publishing {event['name']} into {event['repository']}"
-    if stage == "done":
-        test = event.get("metrics") or {}
-        return (
-            f"done: {event['bundle']} (test loss {test.get('loss')}, accuracy {test.get('accuracy')}, "
-            f"AUC {test.get('auc')})"
-        )
-    return json.dumps(dict(event), default=str)

@@ -1,0 +1,66 @@
+"""The hold-out cache: validation and test events written to disk in the first pass, read back per epoch.
+
+Memory stays bounded by the block size, whatever the number of hold-out events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+# Rows per hold-out cache file: large enough for few files, small enough to keep memory bounded.
+HOLDOUT_BLOCK_ROWS = 65_536
+
+
+class HoldOut:
+    """Validation or test events of the first pass, kept in ``.npy`` blocks on disk, read back in batches."""
+
+    def __init__(self, directory: Path, name: str, dim: int, block_rows: int = HOLDOUT_BLOCK_ROWS) -> None:
+        self.directory = directory
+        self.name = name
+        self.dim = dim
+        self.block_rows = block_rows
+        self.blocks: list[tuple[Path, Path]] = []
+        self.events = 0
+        self._x: list[np.ndarray] = []
+        self._y: list[np.ndarray] = []
+        self._buffered = 0
+
+    def append(self, x: np.ndarray, y: np.ndarray) -> None:
+        if len(y) == 0:
+            return
+        self._x.append(x)
+        self._y.append(y)
+        self._buffered += len(y)
+        self.events += len(y)
+        if self._buffered >= self.block_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffered:
+            return
+        index = len(self.blocks)
+        paths = (
+            self.directory / f"{self.name}-{index:05d}-x.npy",
+            self.directory / f"{self.name}-{index:05d}-y.npy",
+        )
+        np.save(paths[0], np.concatenate(self._x))
+        np.save(paths[1], np.concatenate(self._y))
+        self.blocks.append(paths)
+        self._x, self._y, self._buffered = [], [], 0
+
+    def labels(self) -> np.ndarray:
+        self.flush()
+        if not self.blocks:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.load(y_path) for _, y_path in self.blocks])
+
+    def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        self.flush()
+        for x_path, y_path in self.blocks:
+            yield np.load(x_path, mmap_mode="r"), np.load(y_path)
+
+
+# -- the training run --------------------------------------------------------------------------------------
