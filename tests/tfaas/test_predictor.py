@@ -15,15 +15,10 @@ import pytest
 from servicecore.errors import BadInputError
 from tests.tfaas import bundles
 from tests.tfaas.bundles import reference_predict
-from tfaas.predictor import (
-    NUMPY_BLOCK_ROWS,
-    NUMPY_MAX_ROWS,
-    Batcher,
-    ModelStore,
-    NumpyGraph,
-    load_model,
-    to_matrix,
-)
+from tfaas.batching import Batcher
+from tfaas.dataplane import to_matrix
+from tfaas.engine import NUMPY_BLOCK_ROWS, NUMPY_MAX_ROWS, NumpyGraph
+from tfaas.predictor import ModelStore, load_model
 from tfaas.repository import read_bundle
 from tfaas.settings import BatchingSettings, Settings
 

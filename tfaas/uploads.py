@@ -1,0 +1,124 @@
+"""``POST /upload``: staging an uploaded bundle, checking that it can be served, publishing it.
+
+Nothing reaches the repository unless the bundle loads with its signature and its feature spec fits: the
+bundle is staged in ``MODELS/.incoming/`` (same file system) and published with one rename.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+from flask import request
+
+from servicecore.auth import require_owner
+from servicecore.errors import BadInputError, UnsupportedMediaTypeError
+from servicecore.naming import check_name
+from servicecore.safetar import extract_archive
+from tfaas.predictor import ModelStore, load_model
+from tfaas.repository import SAVED_MODEL, read_bundle
+from tfaas.settings import Settings
+
+TAR_TYPES = frozenset(
+    {
+        "application/x-tar",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-gtar",
+        "application/x-compressed-tar",
+        "application/octet-stream",
+    }
+)
+
+
+def stage_upload(store: ModelStore) -> tuple[str, int]:
+    """Stage the request's bundle, check it, publish it as the model's next version: (name, version)."""
+    settings = store.settings
+    request.max_content_length = settings.max_upload_bytes
+    with store.repository.staging() as staging:
+        if request.mimetype == "multipart/form-data":
+            name, bundle_dir = _stage_multipart(staging, settings)
+        elif request.mimetype in TAR_TYPES:
+            name, bundle_dir = _stage_tar(staging, settings, request.args.get("name"))
+        else:
+            raise UnsupportedMediaTypeError(
+                f"unsupported content type {request.mimetype!r}: send multipart/form-data "
+                "or a (gzipped) tar bundle",
+            )
+        require_owner(name)  # before loading the model: a refusal costs nothing
+        check_bundle(name, bundle_dir)
+        _, version = store.repository.publish(bundle_dir, name)
+    store.refresh(force=True)
+    return name, version
+
+
+def _stage_multipart(staging: Path, settings: Settings) -> tuple[str, Path]:
+    """The original form: fields name, params (params.json), labels (labels.txt), model (the model file).
+
+    ``model`` is either a (gzipped) tar of the SavedModel directory or a lone ``saved_model.pb`` whose
+    variables are constants.
+    """
+    name = request.form.get("name", "")
+    if not name:
+        raise BadInputError("the upload form needs a 'name' field")
+    check_name(name)
+    bundle_dir = staging / "bundle"
+    bundle_dir.mkdir()
+    model = request.files.get("model")
+    if model is None:
+        raise BadInputError("the upload form needs a 'model' file")
+    stream = model.stream
+    if tarfile.is_tarfile(stream):
+        stream.seek(0)
+        extract_archive(stream, bundle_dir, settings.max_upload_bytes, settings.max_upload_members)
+        bundle_dir = _single_folder(bundle_dir)
+    else:
+        stream.seek(0)
+        model.save(bundle_dir / SAVED_MODEL)
+    for field, filename in (("params", "params.json"), ("labels", "labels.txt")):
+        if field in request.files:
+            request.files[field].save(bundle_dir / filename)
+        elif field in request.form:
+            (bundle_dir / filename).write_text(request.form[field])
+    return name, bundle_dir
+
+
+def _stage_tar(staging: Path, settings: Settings, name: str | None) -> tuple[str, Path]:
+    """The original bundle upload: a tar whose top-level folder is the model name."""
+    extracted = staging / "extracted"
+    extract_archive(request.stream, extracted, settings.max_upload_bytes, settings.max_upload_members)
+    top = [entry for entry in extracted.iterdir()]
+    if (extracted / SAVED_MODEL).is_file():
+        if not name:
+            raise BadInputError("the archive has no top-level folder: name the model with ?name=<model>")
+        return check_name(name), extracted
+    if len(top) != 1 or not top[0].is_dir():
+        raise BadInputError("the archive must hold one top-level folder named after the model")
+    if name and name != top[0].name:
+        raise BadInputError(f"the archive's folder {top[0].name!r} does not match the model name {name!r}")
+    return check_name(top[0].name), top[0]
+
+
+def _single_folder(path: Path) -> Path:
+    """The SavedModel directory inside an extracted archive: the root, or its only folder."""
+    if (path / SAVED_MODEL).is_file():
+        return path
+    entries = list(path.iterdir())
+    if len(entries) == 1 and (entries[0] / SAVED_MODEL).is_file():
+        return entries[0]
+    raise BadInputError(f"the model archive holds no {SAVED_MODEL}")
+
+
+def check_bundle(name: str, bundle_dir: Path) -> None:
+    """Refuse an upload that could not be served: nothing reaches the repository unless this passes."""
+    if not (bundle_dir / SAVED_MODEL).is_file():
+        raise BadInputError(f"the bundle has no {SAVED_MODEL}")
+    if not (bundle_dir / "params.json").is_file():
+        raise BadInputError("the bundle has no params.json")
+    bundle = read_bundle(name, 0, bundle_dir)
+    declared = bundle.params.get("name")
+    if declared not in (None, name):
+        raise BadInputError(f"params.json names the model {declared!r}, but the upload is {name!r}")
+    model = load_model(bundle, numpy_engine=False)
+    if model.bundle.params.get("features"):
+        _ = model.features  # raises if the spec is malformed or does not fit the SavedModel
