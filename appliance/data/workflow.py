@@ -247,9 +247,6 @@ class Workflow:
     def tree(self) -> str:
         return self.params.branch.strip("/")
 
-    def is_identifier(self, name: str) -> bool:
-        return name in self.params.identifier
-
     def select(self, available: list[str]) -> list[str]:
         """Feature branches from the tree's branches: selection, exclusions, identifiers and label removed."""
         p = self.params
