@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Flask
 
 from servicecore.http import install_error_handlers
+from tfaas.bodylimit import BoundedRequest
 from tfaas.dataplane import DataPlane
 from tfaas.fastlane import FastLane
 from tfaas.identity import install_auth
@@ -23,6 +24,7 @@ from tfaas.settings import Settings
 def create_app(settings: Settings) -> Flask:
     """Build the app from one settings object; every worker calls this once after the fork."""
     app = Flask(__name__)
+    app.request_class = BoundedRequest  # a chunked body above the limit is a 413, not cut and parsed
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     metrics = Metrics()
     store = ModelStore(settings, on_batch=metrics.batch_rows.observe, on_change=metrics.loaded_models.set)
