@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# A Debian 12 host with systemd as PID 1, booted with systemd-nspawn, reachable with ssh on loopback.
+# A Debian host with systemd as PID 1, booted with systemd-nspawn, reachable with ssh on loopback.
 #
-#   nspawn_host.sh create NAME SSH_PORT    debootstrap (cached), boot, wait for `systemctl is-system-running`
-#   nspawn_host.sh destroy NAME            power off, remove the root filesystem and the state
-#   nspawn_host.sh status NAME             print the state folder and whether the host runs
+#   nspawn_host.sh create NAME SSH_PORT [SUITE]   debootstrap SUITE (bookworm, trixie; cached), boot, wait for
+#                                                 `systemctl is-system-running`
+#   nspawn_host.sh cache [SUITE]                  only build the cached root filesystem of SUITE
+#   nspawn_host.sh destroy NAME                   power off, remove the root filesystem and the state
+#   nspawn_host.sh status NAME                    print the state folder and whether the host runs
 #
 # The host shares this machine's network (no veth/NAT: we must not touch this machine's firewall or routes),
 # so every port it opens is a loopback port here; callers pick ports that do not clash. The site's pip
@@ -14,7 +16,8 @@ set -euo pipefail
 STATE_ROOT=${MLAAS4HEP_NSPAWN_STATE:-/var/lib/mlaas4hep-nspawn}
 CACHE_ROOT=${MLAAS4HEP_NSPAWN_CACHE:-/var/cache/mlaas4hep-nspawn}
 MIRROR=${MLAAS4HEP_NSPAWN_MIRROR:-http://deb.debian.org/debian}
-SUITE=bookworm
+SUITE=bookworm  # create and cache take another suite as their last argument
+SUPPORTED_SUITES=(bookworm trixie)
 PACKAGES=systemd,systemd-sysv,dbus,python3,openssh-server,ca-certificates,sudo
 
 log() { echo "nspawn_host: $*" >&2; }
@@ -191,9 +194,31 @@ status() {
   fi
 }
 
+use_suite() {
+  local suite=$1 known
+  for known in "${SUPPORTED_SUITES[@]}"; do
+    [[ $suite == "$known" ]] && { SUITE=$suite; return 0; }
+  done
+  die "unsupported suite $suite (supported: ${SUPPORTED_SUITES[*]})"
+}
+
+cache() {
+  local tarball
+  tarball=$(rootfs_tarball)
+  [[ -f $tarball ]] || build_rootfs_tarball "$tarball"
+  log "cached $SUITE root filesystem: $tarball"
+}
+
 case ${1:-} in
-  create) [[ $# -eq 3 ]] || die "usage: $0 create NAME SSH_PORT"; create "$2" "$3" ;;
+  create)
+    [[ $# -eq 3 || $# -eq 4 ]] || die "usage: $0 create NAME SSH_PORT [SUITE]"
+    [[ $# -eq 4 ]] && use_suite "$4"
+    create "$2" "$3" ;;
+  cache)
+    [[ $# -le 2 ]] || die "usage: $0 cache [SUITE]"
+    [[ $# -eq 2 ]] && use_suite "$2"
+    cache ;;
   destroy) [[ $# -eq 2 ]] || die "usage: $0 destroy NAME"; destroy "$2" ;;
   status) [[ $# -eq 2 ]] || die "usage: $0 status NAME"; status "$2" ;;
-  *) die "usage: $0 create NAME SSH_PORT | destroy NAME | status NAME" ;;
+  *) die "usage: $0 create NAME SSH_PORT [SUITE] | cache [SUITE] | destroy NAME | status NAME" ;;
 esac

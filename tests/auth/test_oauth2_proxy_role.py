@@ -71,13 +71,18 @@ PLAYBOOK = """
       ansible.builtin.include_role:
         name: oauth2_proxy
         tasks_from: "{{ item }}"
-      loop: [preflight, iam_client, secrets, configure]
+      loop: {steps}
 """
 
 
-def run_role(folder: Path, extra: dict, check: bool = True) -> subprocess.CompletedProcess:
+def run_role(
+    folder: Path,
+    extra: dict,
+    check: bool = True,
+    steps: tuple[str, ...] = ("preflight", "iam_client", "secrets", "configure"),
+) -> subprocess.CompletedProcess:
     playbook = folder / "playbook.yml"
-    playbook.write_text(PLAYBOOK)
+    playbook.write_text(PLAYBOOK.replace("{steps}", json.dumps(list(steps))))
     variables = folder / "vars.json"
     variables.write_text(json.dumps(extra))
     env = {
@@ -253,6 +258,12 @@ def test_hardened_unit_template(deployment) -> None:
         ({"oauth2_proxy_issuer_url": "http://iam.example/"}, "https"),
         ({"oauth2_proxy_tls_cert_file": "/etc/ssl/x.pem"}, "tls_key_file"),
         ({"oauth2_proxy_cookie_secret": "short"}, "cookie secret"),
+        (
+            {"oauth2_proxy_owner_sub": ""},
+            "oauth2_proxy_owner_sub is empty and oauth2_proxy_allowed_groups is empty",
+        ),
+        ({"oauth2_proxy_email_domains": ["*"]}, "oauth2_proxy_email_domains ['*'] would admit every user"),
+        ({"oauth2_proxy_allowed_groups": ["cms", "*"]}, "no spaces, commas or wildcards"),
     ],
 )
 def test_preflight_refuses_bad_settings(tmp_path, override, message) -> None:
@@ -263,9 +274,39 @@ def test_preflight_refuses_bad_settings(tmp_path, override, message) -> None:
         "oauth2_proxy_client_id": "c",
         "oauth2_proxy_client_secret": "s",
         "oauth2_proxy_public_host": "localhost",
+        "oauth2_proxy_owner_sub": "owner-sub",
         **override,
     }
     result = run_role(tmp_path, extra, check=False)
     assert result.returncode != 0
     assert message in result.stdout
     assert not (tmp_path / "etc").exists()  # refused before anything was written
+
+
+def test_the_owner_alone_passes_by_default(tmp_path) -> None:
+    """No allowed group: oauth2-proxy admits one subject, the owner's (sub as the e-mail, no domain)."""
+    extra = {
+        "oauth2_proxy_config_dir": str(tmp_path / "etc"),
+        "oauth2_proxy_systemd_dir": str(tmp_path),
+        "oauth2_proxy_service_manage": False,
+        "oauth2_proxy_group": grp.getgrgid(os.getgid()).gr_name,
+        "oauth2_proxy_client_id": "c",
+        "oauth2_proxy_client_secret": "s",
+        "oauth2_proxy_public_host": "localhost",
+        "oauth2_proxy_owner_sub": "7a3b-owner",
+    }
+    no_iam = ("preflight", "secrets", "configure")  # the client is given: nothing to complete at IAM
+    run_role(tmp_path, extra, steps=no_iam)
+    for front in ("mlaas4hep", "tfaas"):
+        options = tomllib.loads((tmp_path / "etc" / f"{front}.cfg").read_text())
+        assert options["email_domains"] == []
+        assert options["oidc_email_claim"] == "sub"
+        assert "allowed_groups" not in options
+        allowed = Path(options["authenticated_emails_file"])
+        assert allowed.read_text().split() == ["7a3b-owner"]
+    # Sharing with a group afterwards: the groups decide, and the owner's file goes away.
+    run_role(tmp_path, {**extra, "oauth2_proxy_allowed_groups": ["cms"]}, steps=no_iam)
+    options = tomllib.loads((tmp_path / "etc" / "mlaas4hep.cfg").read_text())
+    assert options["allowed_groups"] == ["cms"] and options["email_domains"] == ["*"]
+    assert "authenticated_emails_file" not in options and "oidc_email_claim" not in options
+    assert not allowed.exists()

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-GOOD_SOURCE = {"mlaas4hep_source": "git", "mlaas4hep_git_version": "v0.1.0"}
+GOOD_SOURCE = {
+    "mlaas4hep_source": "git",
+    "mlaas4hep_git_version": "v0.1.0",
+    "mlaas4hep_owner_sub": "owner-sub",
+}
+TFAAS_OWNER = {"tfaas_owner_sub": "owner-sub"}
 
 
 def assert_refused(result, *words: str) -> None:
@@ -116,9 +121,13 @@ def test_mlaas4hep_accepts_a_pinned_git_source(preflight):
     ("variables", "words"),
     [
         ({"mlaas4hep_source": "git", "mlaas4hep_git_version": ""}, ["mlaas4hep_git_version"]),
-        ({"mlaas4hep_source": "archive"}, ["mlaas4hep_source_archive"]),
+        ({**GOOD_SOURCE, "mlaas4hep_source": "archive"}, ["mlaas4hep_source_archive"]),
         (
-            {"mlaas4hep_source": "archive", "mlaas4hep_source_archive": "/nonexistent/src.tar.gz"},
+            {
+                **GOOD_SOURCE,
+                "mlaas4hep_source": "archive",
+                "mlaas4hep_source_archive": "/nonexistent/src.tar.gz",
+            },
             ["does not exist"],
         ),
         ({**GOOD_SOURCE, "mlaas4hep_port": 70000}, ["mlaas4hep_port"]),
@@ -133,7 +142,7 @@ def test_mlaas4hep_refuses_bad_settings(preflight, variables, words):
 
 def test_tfaas_needs_the_application_installed(preflight, tmp_path):
     assert_refused(
-        preflight("tfaas", tfaas_venv=str(tmp_path / "venv"), tfaas_model_dir=str(tmp_path)),
+        preflight("tfaas", tfaas_venv=str(tmp_path / "venv"), tfaas_model_dir=str(tmp_path), **TFAAS_OWNER),
         "apply the mlaas4hep role first",
     )
 
@@ -141,11 +150,13 @@ def test_tfaas_needs_the_application_installed(preflight, tmp_path):
 def test_tfaas_accepts_an_existing_install(preflight, tmp_path):
     (tmp_path / "venv" / "bin").mkdir(parents=True)
     (tmp_path / "venv" / "bin" / "python").write_text("")
-    assert_accepted(preflight("tfaas", tfaas_venv=str(tmp_path / "venv"), tfaas_model_dir=str(tmp_path)))
+    assert_accepted(
+        preflight("tfaas", tfaas_venv=str(tmp_path / "venv"), tfaas_model_dir=str(tmp_path), **TFAAS_OWNER)
+    )
 
 
 def test_tfaas_refuses_the_port_in_its_settings(preflight, tmp_path):
-    assert_refused(preflight("tfaas", tfaas_settings={"port": 9000}), "tfaas_port")
+    assert_refused(preflight("tfaas", tfaas_settings={"port": 9000}, **TFAAS_OWNER), "tfaas_port")
 
 
 def test_appliance_base_refuses_half_a_tls_pair(preflight):
@@ -160,3 +171,50 @@ def test_appliance_base_refuses_a_bad_port(preflight):
 def test_appliance_base_needs_systemd(preflight):
     # This machine's PID 1 is not systemd: the platform check is what stops the role here.
     assert_refused(preflight("appliance_base"), "needs a systemd host")
+
+
+@pytest.mark.parametrize("role", ["mlaas4hep", "tfaas"])
+@pytest.mark.parametrize(
+    ("variables", "words"),
+    [
+        ({}, ["{role}_owner_sub is empty", "{role}_allowed_groups", "{role}_open_to_all_users"]),
+        ({"{role}_owner_sub": "o", "{role}_oidc_issuer": "http://iam.example.org/"}, ["https://"]),
+        ({"{role}_owner_sub": "o", "{role}_oidc_audiences": []}, ["{role}_oidc_audiences"]),
+        ({"{role}_owner_sub": "o", "{role}_auth_extra": {"owner_sub": "x"}}, ["{role}_auth_extra"]),
+        (
+            {"{role}_owner_sub": "o", "{role}_settings": {"auth": {"mode": "disabled"}}},
+            ["{role}_settings.auth"],
+        ),
+    ],
+    ids=["open", "plain-http-issuer", "no-audience", "policy-in-extra", "auth-in-settings"],
+)
+def test_services_refuse_an_open_or_half_configured_oidc_check(preflight, tmp_path, role, variables, words):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("")
+    base = (
+        GOOD_SOURCE
+        if role == "mlaas4hep"
+        else {"tfaas_venv": str(tmp_path / "venv"), "tfaas_model_dir": str(tmp_path)}
+    )
+    base = {key: value for key, value in base.items() if not key.endswith("_owner_sub")}
+    given = {key.format(role=role): value for key, value in variables.items()}
+    assert_refused(preflight(role, **base, **given), *(word.format(role=role) for word in words))
+
+
+@pytest.mark.parametrize("role", ["mlaas4hep", "tfaas"])
+@pytest.mark.parametrize(
+    "variables",
+    [{"{role}_owner_sub": "o"}, {"{role}_allowed_groups": ["cms"]}, {"{role}_open_to_all_users": True}],
+    ids=["owner", "group", "explicit-opt-in"],
+)
+def test_services_accept_a_policy_that_names_who_may_call(preflight, tmp_path, role, variables):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("")
+    base = (
+        GOOD_SOURCE
+        if role == "mlaas4hep"
+        else {"tfaas_venv": str(tmp_path / "venv"), "tfaas_model_dir": str(tmp_path)}
+    )
+    base = {key: value for key, value in base.items() if not key.endswith("_owner_sub")}
+    given = {key.format(role=role): value for key, value in variables.items()}
+    assert_accepted(preflight(role, **base, **given))
