@@ -41,6 +41,7 @@ import jwt
 
 from servicecore.errors import BadInputError
 from servicecore.naming import owner_namespace, owns
+from servicecore.settings import coerce_fields
 
 log = logging.getLogger(__name__)
 
@@ -148,31 +149,12 @@ class AuthSettings:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | AuthSettings | None) -> AuthSettings:
-        """Settings from a config file's ``auth`` object (or ``$..._AUTH`` JSON); lists become tuples."""
+        """Settings from a config file's ``auth`` object (or ``$..._AUTH`` JSON), coerced as all settings."""
         if data is None:
             return cls()
         if isinstance(data, AuthSettings):
             return data
-        if not isinstance(data, Mapping):
-            raise BadInputError(f"auth settings must be a JSON object, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in fields:
-                raise BadInputError(f"unknown auth setting {key!r} (known: {', '.join(sorted(fields))})")
-            declared = str(fields[key].type)
-            if declared.startswith("tuple"):
-                if isinstance(value, str):
-                    value = [part.strip() for part in value.split(",") if part.strip()]
-                if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                    raise BadInputError(f"auth setting {key!r} must be a list of strings, got {value!r}")
-                value = tuple(value)
-            elif declared in ("int", "float") and not _is_number(value):
-                raise BadInputError(f"auth setting {key!r} must be a number, got {value!r}")
-            elif declared.startswith("str") and value is not None and not isinstance(value, str):
-                raise BadInputError(f"auth setting {key!r} must be a string, got {value!r}")
-            values[key] = value
-        return cls(**values)
+        return cls(**coerce_fields(cls, data, lambda _: "the auth settings", "auth", prefix="auth."))
 
 
 @dataclass(frozen=True)
@@ -201,10 +183,6 @@ class AuthError(Exception):
 
 class IssuerUnavailableError(Exception):
     """The issuer's discovery document or keys cannot be fetched: a token is neither accepted nor refused."""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_issuer_url(issuer: str) -> None:

@@ -2,37 +2,36 @@
 
 Precedence, lowest first: the defaults below, a JSON or YAML file (``--config`` or ``$MLAAS4HEP_CONFIG``),
 ``MLAAS4HEP_<NAME>`` environment variables (``MLAAS4HEP_PORT=8080``; the mappings ``auth`` and ``job_env``
-take JSON), then command-line flags. Every field is documented in its ``help`` and in docs/server.md.
+take JSON), then command-line flags, read by ``servicecore.settings`` as TFaaS's are. Every field is
+documented in its ``help`` and in docs/server.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
+from servicecore import settings
 from servicecore.auth import LOCAL_DEMO, TRUSTED_HEADER_DEMO, AuthSettings
 from servicecore.errors import BadInputError
 
-ENV_PREFIX = "MLAAS4HEP_"
 MiB = 1024 * 1024
 QUEUE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def _setting(default: Any, help: str) -> Any:
+def _setting(default: Any, help: str, **metadata: Any) -> Any:
     if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(settings.LoadableSettings):
+    ENV_PREFIX: ClassVar[str] = "MLAAS4HEP_"
+    LABEL: ClassVar[str] = "MLaaS4HEP server"
+
     data_dir: Path = field(
         default=Path(),
         metadata={"help": "root of the job store, uploads, job directories and models (required)"},
@@ -68,7 +67,11 @@ class Settings:
     trust_forwarded_user: bool = _setting(
         True, "with auth.mode unset on loopback: trusted-header-demo (true) or local-demo (false)"
     )
-    auth: Mapping[str, Any] = _setting({}, "servicecore.auth settings: mode, issuers, policy (docs/auth.md)")
+    auth: Mapping[str, Any] = _setting(
+        {},
+        "servicecore.auth settings: mode, issuers, policy (docs/auth.md)",
+        **{settings.SCHEMA: AuthSettings},
+    )
     max_upload_bytes: int = _setting(1024 * MiB, "largest request body and largest unpacked upload")
     max_upload_members: int = _setting(10_000, "most members in an uploaded archive")
     check_urls: bool = _setting(True, "stat every root:// input when a job is submitted")
@@ -132,107 +135,3 @@ class Settings:
     @property
     def queue_db(self) -> Path:
         return self.data_dir / "queue.db"
-
-    # -- reading -----------------------------------------------------------------------------------------
-
-    @classmethod
-    def load(
-        cls,
-        config_file: str | Path | None = None,
-        environ: Mapping[str, str] | None = None,
-        **overrides: Any,
-    ) -> Settings:
-        """Defaults, then the config file (``config_file`` or ``$MLAAS4HEP_CONFIG``), the environment and
-        ``overrides`` (command-line flags; ``None`` means not given)."""
-        environ = os.environ if environ is None else environ
-        config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
-        values: dict[str, Any] = {}
-        if config_file:
-            values.update(read_config_file(config_file))
-        values.update(_from_environment(environ))
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls.from_mapping(values)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise BadInputError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
-            )
-        return cls(**{name: _coerce(name, str(fields[name].type), value) for name, value in data.items()})
-
-    def describe(self) -> dict[str, Any]:
-        """The settings as JSON-friendly values (no secrets are held here)."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise BadInputError(f"cannot read config {str(path)!r}: {err.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise BadInputError(f"config {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise BadInputError(f"config {str(path)!r} must hold a mapping of settings")
-    return data
-
-
-def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(Settings)}
-    values: dict[str, Any] = {}
-    for key, text in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
-            continue
-        name = key[len(ENV_PREFIX) :].lower()
-        if name not in names:
-            raise BadInputError(f"unknown setting in the environment: {key}")
-        values[name] = text
-    return values
-
-
-def _coerce(name: str, declared: str, value: Any) -> Any:
-    """Strings from the environment become the declared type; wrong JSON/YAML types are refused."""
-    try:
-        if declared.startswith("Path"):
-            return None if value in (None, "") and "None" in declared else Path(value)
-        if declared.startswith("Mapping"):
-            if isinstance(value, str):
-                value = json.loads(value) if value.strip() else {}
-            if not isinstance(value, Mapping):
-                raise ValueError("expected a mapping (JSON object)")
-            return dict(value)
-        if declared == "bool":
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                    raise ValueError("expected true or false")
-                return lowered in ("1", "true", "yes", "on")
-            if not isinstance(value, bool):
-                raise ValueError("expected true or false")
-            return value
-        if declared in ("int", "float"):
-            if isinstance(value, bool):
-                raise ValueError("expected a number")
-            number = float(value) if isinstance(value, str) else value
-            if not isinstance(number, int | float):
-                raise ValueError("expected a number")
-            if declared == "int":
-                if float(number) != int(number):
-                    raise ValueError("expected an integer")
-                return int(number)
-            return float(number)
-        if declared == "str":
-            if not isinstance(value, str):
-                raise ValueError("expected a string")
-            return value
-    except (ValueError, TypeError) as err:
-        raise BadInputError(f"setting {name}: {err}, got {value!r}") from None
-    raise AssertionError(f"no coercion for {name}: {declared}")

@@ -143,8 +143,8 @@ def test_tfaas_policy_and_namespaces(idp, tmp_path) -> None:
     from tfaas.settings import Settings
 
     def client(**policy: object):
-        settings = Settings.load(environ={}, model_dir=tmp_path / "models", preload=False)
-        settings = Settings.from_mapping({"auth": oidc(idp, **policy)}, base=settings)
+        environ = {"TFAAS_AUTH": json.dumps(oidc(idp, **policy))}
+        settings = Settings.load(environ=environ, model_dir=tmp_path / "models", preload=False)
         return create_app(settings).test_client()
 
     def bearer(user) -> dict:

@@ -72,7 +72,7 @@ def test_bad_config_files(tmp_path: Path) -> None:
     (tmp_path / "unknown.json").write_text(json.dumps({"modelDir": "/m", "colour": "blue"}))
     with pytest.raises(BadInputError, match="unknown TFaaS setting 'colour'"):
         Settings.load(tmp_path / "unknown.json", environ={})
-    with pytest.raises(BadInputError, match="no model repository"):
+    with pytest.raises(BadInputError, match="setting model_dir is required"):
         Settings.load(environ={})
 
 
