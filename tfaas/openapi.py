@@ -1,4 +1,11 @@
-"""The OpenAPI 3 document of every TFaaS endpoint, served at ``/openapi.json``."""
+"""The OpenAPI 3 document of every TFaaS endpoint, served at ``/openapi.json``.
+
+Each operation lists the error statuses it can answer, each with the one error body
+(``servicecore.errors.ERROR_SCHEMA``). Routes outside the public paths of ``tfaas.identity`` also get the
+statuses of the identity layer (401, 403, and 503 when the identity provider cannot be reached), since an
+``auth`` section may be configured. ``tests/tfaas/test_openapi.py`` checks the document against the app's
+URL map and against the statuses the server really answers.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,23 @@ from typing import Any
 
 from apispec import APISpec
 
-ERROR = {
-    "description": "bad input",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+from servicecore.errors import ERROR_SCHEMA
+from tfaas.identity import PUBLIC_PATHS
+
+ERROR_DESCRIPTIONS = {
+    400: "bad input; the message names the culprit",
+    401: "no credentials, or credentials that do not verify (identity layer)",
+    403: "a caller outside the access policy, or a model outside the caller's namespace",
+    404: "unknown model or version",
+    413: "the body is above the limit (chunked bodies included)",
+    415: "a content type the route does not take",
+    503: "the identity provider cannot be reached (identity layer)",
 }
-NOT_FOUND = {"description": "unknown model or version", "content": ERROR["content"]}
+AUTH_STATUSES = (401, 403, 503)
+# What each kind of route can answer besides the identity layer's statuses.
+PREDICT = (400, 404, 413, 415)
+BY_NAME = (404,)
+BY_VERSION = (400, 404)
 NAME = {
     "name": "name",
     "in": "path",
@@ -20,9 +39,10 @@ NAME = {
     "description": "model name",
 }
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+VERSION_QUERY = {"name": "version", "in": "query", "schema": {"type": "integer", "minimum": 1}}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+    "Error": ERROR_SCHEMA,
     "PredictJson": {
         "type": "object",
         "description": "Send exactly one of values (one row or a list of rows), raw (branch columns) or "
@@ -82,35 +102,38 @@ def _json_body(schema: str) -> dict[str, Any]:
     }
 
 
-def _ok(description: str, content_type: str = "application/json") -> dict[str, Any]:
-    return {"200": {"description": description, "content": {content_type: {"schema": {}}}}}
+def _ok(description: str, content_type: str = "application/json", status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description, "content": {content_type: {"schema": {}}}}}
 
 
-def _operations() -> list[tuple[str, str, dict[str, Any]]]:
+def _responses(path: str, ok: dict[str, Any], errors: tuple[int, ...]) -> dict[str, Any]:
+    """Success, the operation's own errors, and the identity layer's unless the path is public."""
+    statuses = set(errors) if path in PUBLIC_PATHS else set(errors) | set(AUTH_STATUSES)
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {
+        **ok,
+        **{
+            str(status): {"description": ERROR_DESCRIPTIONS[status], "content": content}
+            for status in sorted(statuses)
+        },
+    }
+
+
+def _operations() -> list[tuple[str, str, dict[str, Any], dict[str, Any], tuple[int, ...]]]:
+    """(path, method, operation without responses, success responses, error statuses) of every route."""
     predict_json = {
         "summary": "Predict from JSON (original TFaaS API)",
         "requestBody": _json_body("PredictJson"),
-        "responses": {
-            **_ok("a list of outputs for one row, a list of lists for a batch"),
-            "400": ERROR,
-            "404": NOT_FOUND,
-            "413": ERROR,
-            "415": ERROR,
-        },
     }
+    json_ok = _ok("a list of outputs for one row, a list of lists for a batch")
     predict_proto = {
         "summary": "Predict from a protobuf tfaaspb.Row; answers tfaaspb.Predictions",
         "requestBody": {
             "required": True,
-            "content": {"application/octet-stream": {"schema": {"format": "binary"}}},
-        },
-        "responses": {
-            **_ok("serialized tfaaspb.Predictions", "application/octet-stream"),
-            "400": ERROR,
-            "404": NOT_FOUND,
-            "415": ERROR,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         },
     }
+    proto_ok = _ok("serialized tfaaspb.Predictions", "application/octet-stream")
     upload = {
         "summary": "Upload a model bundle (multipart form, or a gzipped tar whose folder is the model name)",
         "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
@@ -128,34 +151,29 @@ def _operations() -> list[tuple[str, str, dict[str, Any]]]:
                         },
                     }
                 },
-                "application/gzip": {"schema": {"format": "binary"}},
-                "application/x-tar": {"schema": {"format": "binary"}},
+                "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        "responses": {
-            "201": {"description": "published as a new version"},
-            "400": ERROR,
-            "413": ERROR,
-            "415": ERROR,
-        },
     }
-    delete = {
-        "summary": "Delete a model, or one version with ?version=N",
-        "responses": {**_ok("what was deleted"), "404": NOT_FOUND},
+    delete = {"summary": "Delete a model, or one version with ?version=N", "parameters": [VERSION_QUERY]}
+    delete_form = {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"model": {"type": "string"}, "version": {"type": "integer"}},
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"model": {"type": "string"}, "version": {"type": "integer"}},
+                }
+            },
+        }
     }
-    tf_predict = {
-        "summary": "TF Serving REST predict",
-        "requestBody": _json_body("TfServingPredict"),
-        "responses": {**_ok("predictions or outputs"), "400": ERROR, "404": NOT_FOUND},
-    }
-    tf_status = {
-        "summary": "TF Serving model status",
-        "responses": {**_ok("model_version_status"), "404": NOT_FOUND},
-    }
-    tf_meta = {
-        "summary": "TF Serving model metadata",
-        "responses": {**_ok("signature_def"), "404": NOT_FOUND},
-    }
+    tf_predict = {"summary": "TF Serving REST predict", "requestBody": _json_body("TfServingPredict")}
     infer = {
         "summary": "KServe v2 inference",
         "description": "With the binary data extension the body is application/octet-stream: the JSON "
@@ -170,76 +188,109 @@ def _operations() -> list[tuple[str, str, dict[str, Any]]]:
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        "responses": {**_ok("outputs"), "400": ERROR, "404": NOT_FOUND},
     }
-    v2_meta = {
-        "summary": "KServe v2 model metadata",
-        "responses": {**_ok("model metadata"), "404": NOT_FOUND},
+    with_name = {"parameters": [NAME]}
+    with_version = {"parameters": [NAME, VERSION]}
+    infer_name = {**infer, "parameters": [*infer["parameters"], NAME]}
+    infer_version = {**infer, "parameters": [*infer["parameters"], NAME, VERSION]}
+    tf_status = {"summary": "TF Serving model status"}
+    tf_meta = {"summary": "TF Serving model metadata"}
+    v2_meta = {"summary": "KServe v2 model metadata"}
+    v2_ready = {"summary": "KServe v2 model readiness"}
+    not_ready = {
+        "description": "this worker is still loading the models present at its start",
+        "content": {
+            "application/json": {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}
+        },
     }
-    v2_ready = {"summary": "KServe v2 model readiness", "responses": {**_ok("ready"), "404": NOT_FOUND}}
-    with_name = [NAME]
-    with_version = [NAME, VERSION]
     return [
-        ("/json", "post", predict_json),
-        ("/predict/json", "post", predict_json),
-        ("/proto", "post", predict_proto),
-        ("/predict/proto", "post", predict_proto),
-        ("/upload", "post", upload),
-        (
-            "/models",
-            "get",
-            {"summary": "Every model's params.json (latest version)", "responses": _ok("list")},
-        ),
+        ("/json", "post", predict_json, json_ok, PREDICT),
+        ("/predict/json", "post", predict_json, json_ok, PREDICT),
+        ("/proto", "post", predict_proto, proto_ok, PREDICT),
+        ("/predict/proto", "post", predict_proto, proto_ok, PREDICT),
+        ("/upload", "post", upload, _ok("published as a new version", status="201"), (400, 403, 413, 415)),
+        ("/models", "get", {"summary": "Every model's params.json (latest version)"}, _ok("list"), ()),
         (
             "/params/{name}",
             "get",
-            {
-                "summary": "A model's params.json",
-                "parameters": with_name,
-                "responses": {**_ok("params"), "404": NOT_FOUND},
-            },
+            {"summary": "A model's params.json", "parameters": [NAME, VERSION_QUERY]},
+            _ok("params"),
+            BY_VERSION,
         ),
         (
             "/delete",
             "delete",
-            {
-                **delete,
-                "requestBody": {
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {"type": "object", "properties": {"model": {"type": "string"}}}
-                        }
-                    }
-                },
-            },
+            {**delete, "requestBody": delete_form},
+            _ok("what was deleted"),
+            (400, 403, 404, 413),
         ),
-        ("/delete/{name}", "delete", {**delete, "parameters": with_name}),
-        ("/status", "get", {"summary": "Server and host status (public)", "responses": _ok("status")}),
-        ("/v1/models/{name}:predict", "post", {**tf_predict, "parameters": with_name}),
-        ("/v1/models/{name}/versions/{version}:predict", "post", {**tf_predict, "parameters": with_version}),
-        ("/v1/models/{name}", "get", {**tf_status, "parameters": with_name}),
-        ("/v1/models/{name}/versions/{version}", "get", {**tf_status, "parameters": with_version}),
-        ("/v1/models/{name}/metadata", "get", {**tf_meta, "parameters": with_name}),
-        ("/v1/models/{name}/versions/{version}/metadata", "get", {**tf_meta, "parameters": with_version}),
-        ("/v2", "get", {"summary": "KServe v2 server metadata", "responses": _ok("metadata")}),
-        ("/v2/health/live", "get", {"summary": "Liveness (public)", "responses": _ok("live")}),
-        ("/v2/health/ready", "get", {"summary": "Readiness (public)", "responses": _ok("ready")}),
-        ("/v2/models/{name}", "get", {**v2_meta, "parameters": with_name}),
-        ("/v2/models/{name}/versions/{version}", "get", {**v2_meta, "parameters": with_version}),
-        ("/v2/models/{name}/ready", "get", {**v2_ready, "parameters": with_name}),
-        ("/v2/models/{name}/versions/{version}/ready", "get", {**v2_ready, "parameters": with_version}),
-        ("/v2/models/{name}/infer", "post", {**infer, "parameters": [*infer["parameters"], *with_name]}),
         (
-            "/v2/models/{name}/versions/{version}/infer",
+            "/delete/{name}",
+            "delete",
+            {**delete, "parameters": [NAME, VERSION_QUERY]},
+            _ok("what was deleted"),
+            (400, 403, 404, 413),
+        ),
+        ("/status", "get", {"summary": "Server and host status (public)"}, _ok("status"), ()),
+        (
+            "/v1/models/{name}:predict",
             "post",
-            {**infer, "parameters": [*infer["parameters"], *with_version]},
+            {**tf_predict, **with_name},
+            _ok("predictions or outputs"),
+            PREDICT,
         ),
         (
-            "/metrics",
-            "get",
-            {"summary": "Prometheus metrics (public)", "responses": _ok("metrics", "text/plain")},
+            "/v1/models/{name}/versions/{version}:predict",
+            "post",
+            {**tf_predict, **with_version},
+            _ok("predictions or outputs"),
+            PREDICT,
         ),
-        ("/openapi.json", "get", {"summary": "This document", "responses": _ok("OpenAPI 3")}),
+        ("/v1/models/{name}", "get", {**tf_status, **with_name}, _ok("model_version_status"), BY_NAME),
+        (
+            "/v1/models/{name}/versions/{version}",
+            "get",
+            {**tf_status, **with_version},
+            _ok("model_version_status"),
+            BY_VERSION,
+        ),
+        ("/v1/models/{name}/metadata", "get", {**tf_meta, **with_name}, _ok("signature_def"), BY_NAME),
+        (
+            "/v1/models/{name}/versions/{version}/metadata",
+            "get",
+            {**tf_meta, **with_version},
+            _ok("signature_def"),
+            BY_VERSION,
+        ),
+        ("/v2", "get", {"summary": "KServe v2 server metadata"}, _ok("metadata"), ()),
+        ("/v2/health/live", "get", {"summary": "Liveness (public)"}, _ok("live"), ()),
+        (
+            "/v2/health/ready",
+            "get",
+            {"summary": "Readiness (public)"},
+            {**_ok("ready"), "503": not_ready},
+            (),
+        ),
+        ("/v2/models/{name}", "get", {**v2_meta, **with_name}, _ok("model metadata"), BY_NAME),
+        (
+            "/v2/models/{name}/versions/{version}",
+            "get",
+            {**v2_meta, **with_version},
+            _ok("model metadata"),
+            BY_VERSION,
+        ),
+        ("/v2/models/{name}/ready", "get", {**v2_ready, **with_name}, _ok("ready"), BY_NAME),
+        (
+            "/v2/models/{name}/versions/{version}/ready",
+            "get",
+            {**v2_ready, **with_version},
+            _ok("ready"),
+            BY_VERSION,
+        ),
+        ("/v2/models/{name}/infer", "post", infer_name, _ok("outputs"), PREDICT),
+        ("/v2/models/{name}/versions/{version}/infer", "post", infer_version, _ok("outputs"), PREDICT),
+        ("/metrics", "get", {"summary": "Prometheus metrics (public)"}, _ok("metrics", "text/plain"), ()),
+        ("/openapi.json", "get", {"summary": "This document"}, _ok("OpenAPI 3"), ()),
     ]
 
 
@@ -250,15 +301,16 @@ def openapi_document(base: str = "") -> dict[str, Any]:
         version="2.0.0",
         openapi_version="3.0.3",
         info={
-            "description": "TensorFlow as a Service: the original TFaaS API, TF Serving REST and KServe v2."
+            "description": "TensorFlow as a Service: the original TFaaS API, TF Serving REST and KServe v2. "
+            'Every error is {"error": message, "status": N}.'
         },
         servers=[{"url": base or "/"}],
     )
     for name, schema in SCHEMAS.items():
         spec.components.schema(name, schema)
     paths: dict[str, dict[str, Any]] = {}
-    for path, method, operation in _operations():
-        paths.setdefault(path, {})[method] = operation
+    for path, method, operation, ok, errors in _operations():
+        paths.setdefault(path, {})[method] = {**operation, "responses": _responses(path, ok, errors)}
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()
