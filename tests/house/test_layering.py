@@ -18,8 +18,16 @@ ALLOWED: dict[str, set[str]] = {
     "mlaas4hep_client": set(),
     "appliance.data": {"servicecore"},
     "appliance.training": {"servicecore", "appliance.data"},
-    "appliance.server": {"servicecore", "appliance.data", "appliance.training"},
-    "appliance.cli": {"servicecore", "appliance.data", "appliance.training", "appliance.server"},
+    # Batch inference applies a trained bundle to whole datasets: it reads like training does.
+    "appliance.inference": {"servicecore", "appliance.data", "appliance.training"},
+    "appliance.server": {"servicecore", "appliance.data", "appliance.training", "appliance.inference"},
+    "appliance.cli": {
+        "servicecore",
+        "appliance.data",
+        "appliance.training",
+        "appliance.inference",
+        "appliance.server",
+    },
     # TFaaS serves raw-branch requests through the data layer's FeatureSpec; it knows nothing of training.
     "tfaas": {"servicecore", "appliance.data", "appliance"},
 }
