@@ -88,3 +88,10 @@ def test_every_pinned_url_names_the_same_release():
     pinned = re.compile(r"mlaas4hep-appliance(?:\.git)?[/,@](v[0-9][^/\s\"']*)")
     tags = {tag for text in texts for tag in pinned.findall(text)}
     assert tags == {RAW_BASE.rstrip("/").rsplit("/", 1)[1]}
+
+
+def test_the_default_image_is_a_tested_platform():
+    """Debian 12 by default, and no OS the roles are not converged on (Molecule: Debian 12 and 13)."""
+    inputs = read_yaml(TEMPLATE)["topology_template"]["inputs"]
+    assert (inputs["os_distribution"]["default"], str(inputs["os_version"]["default"])) == ("debian", "12")
+    assert inputs["os_distribution"]["constraints"] == [{"valid_values": ["debian"]}]

@@ -264,3 +264,38 @@ def test_the_collection_artifact_installs_every_role_from_a_tag(tmp_path):
     roles = installed / "ansible_collections" / "mlaas4hep" / "appliance" / "roles"
     for node_type in project_node_types().values():
         assert (roles / role_of(node_type) / "meta" / "argument_specs.yml").is_file(), role_of(node_type)
+
+
+def test_one_access_policy_reaches_the_door_and_both_services():
+    """Owner, groups, issuer and the IAM client's id: the same at the door and in both services."""
+    plan = deployment()
+    rendered = {name: plan.configure_inputs(name) for name in plan.project_nodes()}
+    door = rendered["oauth2_proxy"]
+    assert door["oauth2_proxy_owner_sub"] == DASHBOARD_INPUTS["iam_owner_sub"]
+    assert door["oauth2_proxy_open_to_all_users"] is False
+    for role in ("mlaas4hep", "tfaas"):
+        service = rendered[role]
+        assert service[f"{role}_oidc_issuer"] == door["oauth2_proxy_issuer_url"] == plan.inputs["iam_url"]
+        assert service[f"{role}_owner_sub"] == door["oauth2_proxy_owner_sub"]
+        assert service[f"{role}_allowed_groups"] == door["oauth2_proxy_allowed_groups"] == ["ml-users", "cms"]
+        assert service[f"{role}_oidc_audiences"] == ["mlaas4hep", TEST_IAM_CLIENT["client_id"]]
+        assert service[f"{role}_open_to_all_users"] is False
+
+
+@pytest.mark.parametrize("role", ["oauth2_proxy", "mlaas4hep", "tfaas"])
+def test_an_open_deployment_is_refused_before_anything_naming_the_input(tmp_path, role):
+    """No owner (the dashboard did not fill it) and no group: each node's role refuses in its preflight."""
+    from tests.roles.conftest import run_preflight
+
+    plan = Deployment(
+        TEMPLATE,
+        {**DASHBOARD_INPUTS, "iam_owner_sub": "", "iam_allowed_groups": []},
+        injected={"iam_client": TEST_IAM_CLIENT},
+    )
+    variables = plan.configure_inputs(role)  # each node is named after its role
+    if role == "mlaas4hep":
+        variables |= {"mlaas4hep_git_version": "v0.1.0"}
+    result = run_preflight(tmp_path, role, variables)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert f"{role}_owner_sub is empty" in output and "iam_owner_sub" in output, output[-3000:]
