@@ -25,22 +25,12 @@ from werkzeug.utils import secure_filename
 
 from appliance.data.workflow import URL_SCHEMES, load_workflow
 from appliance.server.identity import SETTINGS_KEY, current_owner, install_auth
-from appliance.server.jobs import (
-    FINISHED_STATES,
-    JOB_ID,
-    LOG_FILE,
-    MODEL_ARCHIVE,
-    PLOTS,
-    PLOTS_DIR,
-    QUEUED,
-    SUCCEEDED,
-    Job,
-    JobQueue,
-    Resources,
-    new_job_id,
-    read_progress,
-)
+from appliance.server.jobdir import INCOMING, JOB_ID, PLOTS, PRIVATE_MODE, JobDir
+from appliance.server.progress import read_progress
+from appliance.server.queue import JobQueue, new_job_id
+from appliance.server.resources import Resources
 from appliance.server.settings import Settings
+from appliance.server.store import FINISHED_STATES, QUEUED, SUCCEEDED, Job
 from servicecore.errors import (
     BadInputError,
     ConflictError,
@@ -82,6 +72,8 @@ def create_app(settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     for directory in (settings.jobs_dir, settings.uploads_dir, settings.model_repository):
         directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):  # uploads are nobody else's business, jobs' least of all
+        settings.uploads_dir.chmod(0o700)
     app.extensions[SERVER_NAME] = JobQueue(settings)
     app.register_blueprint(_routes())
     install_error_handlers(app)
@@ -183,7 +175,7 @@ def _routes() -> flask.Blueprint:
         if name not in PLOTS:
             raise NotFoundError(f"no plot {name!r}; plots: {', '.join(PLOTS)}")
         _require_success(job)
-        path = _queue().job_dir(job.id) / PLOTS_DIR / f"{name}.png"
+        path = _queue().job_dir(job.id).plot(name)
         if not path.is_file():
             raise NotFoundError(f"job {job.id} made no {name} plot")
         return flask.send_file(path, mimetype="image/png", max_age=0)
@@ -235,7 +227,7 @@ def _require_success(job: Job) -> None:
 
 def _model(job: Job) -> Response:
     _require_success(job)
-    path = _queue().job_dir(job.id) / MODEL_ARCHIVE
+    path = _queue().job_dir(job.id).model_archive
     if not path.is_file():
         raise NotFoundError(f"job {job.id} has no model archive")
     return flask.send_file(
@@ -245,7 +237,7 @@ def _model(job: Job) -> Response:
 
 def _logs(job: Job) -> Response:
     """The job's log; ``?follow=true`` streams it until the job ends, ``?offset=N`` starts at byte N."""
-    path = _queue().job_dir(job.id) / LOG_FILE
+    path = _queue().job_dir(job.id).log
     offset = int_arg("offset", 0, 0, 1 << 62)
     follow = request.args.get("follow", "").lower() in ("1", "true", "yes")
     if not follow:
@@ -295,15 +287,16 @@ def _submit(owner: str, body: Mapping[str, Any], source: Path | None) -> Job:
     if source is None:
         source = _upload_dir(owner, body.get("upload"))
     job_id = new_job_id()
-    final = queue.job_dir(job_id)
-    staging = settings.jobs_dir / ".incoming" / job_id
-    staging.mkdir(parents=True)
+    final, staging = JobDir.of(settings, job_id), JobDir.staging(settings, job_id)
+    staging.root.mkdir(parents=True)
     try:
-        model_file, has_preproc = _write_inputs(body, source, staging / "inputs", final / "inputs")
-        _make_readable(staging)
-        staging.rename(final)
+        model_file, has_preproc = _write_inputs(body, source, staging, final)
+        _make_readable(staging.root)
+        # Private to the server until a worker opens it to the job's own uid.
+        staging.root.chmod(PRIVATE_MODE)
+        staging.root.rename(final.root)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.root, ignore_errors=True)
         raise
     job = Job(
         id=job_id,
@@ -321,15 +314,15 @@ def _submit(owner: str, body: Mapping[str, Any], source: Path | None) -> Job:
 
 
 def _write_inputs(
-    body: Mapping[str, Any], source: Path | None, inputs: Path, final_inputs: Path
+    body: Mapping[str, Any], source: Path | None, job: JobDir, final: JobDir
 ) -> tuple[str, bool]:
     """The job's files.txt, labels.txt, params.json, [preproc.json] and model file, checked with the
     workflow reader. Local data paths must name files of the upload, linked into ``inputs/upload``."""
-    inputs.mkdir(parents=True)
+    job.inputs.mkdir(parents=True)
     upload = None
     if source is not None:
-        shutil.copytree(source, inputs / "upload", copy_function=_link_or_copy)
-        upload = inputs / "upload"
+        shutil.copytree(source, job.upload, copy_function=_link_or_copy)
+        upload = job.upload
 
     params = _json_input(body.get("params") or {}, "params", upload)
     preproc = _json_input(body["preproc"], "preproc", upload) if body.get("preproc") else None
@@ -337,18 +330,18 @@ def _write_inputs(
 
     entries = _files_entries(body["files"], upload)
     resolved = [_resolve_entry(entry, upload, redirector) for entry in entries]
-    (inputs / "files.txt").write_text("".join(f"{path}\n" for path in resolved))
-    (inputs / "labels.txt").write_text(_labels_text(body["labels"], upload))
-    (inputs / "params.json").write_text(json.dumps(params))
+    job.files_list.write_text("".join(f"{path}\n" for path in resolved))
+    job.labels.write_text(_labels_text(body["labels"], upload))
+    job.params.write_text(json.dumps(params))
     if preproc is not None:
-        (inputs / "preproc.json").write_text(json.dumps(preproc))
-    model_file = _write_model(body["model"], upload, inputs)
+        job.preproc.write_text(json.dumps(preproc))
+    model_file = _write_model(body["model"], upload, job)
 
-    workflow = load_workflow(inputs / "files.txt", inputs / "labels.txt", params, preproc)
+    workflow = load_workflow(job.files_list, job.labels, params, preproc)
     _check_urls(workflow.files)
     # The job sees the directory at its final place.
-    (inputs / "files.txt").write_text(
-        "".join(f"{str(path).replace(str(inputs), str(final_inputs), 1)}\n" for path in resolved)
+    job.files_list.write_text(
+        "".join(f"{str(path).replace(str(job.inputs), str(final.inputs), 1)}\n" for path in resolved)
     )
     return model_file, preproc is not None
 
@@ -427,9 +420,9 @@ def _labels_text(value: Any, upload: Path | None) -> str:
     )
 
 
-def _write_model(value: Any, upload: Path | None, inputs: Path) -> str:
+def _write_model(value: Any, upload: Path | None, job: JobDir) -> str:
     if isinstance(value, dict):
-        (inputs / "model.json").write_text(json.dumps(value))
+        job.model_file("model.json").write_text(json.dumps(value))
         return "model.json"
     path = _reference(value, "model", upload)
     if path.suffix not in (".py", ".json"):
@@ -448,7 +441,7 @@ def _write_model(value: Any, upload: Path | None, inputs: Path) -> str:
             compile(data, path.name, "exec")
         except (SyntaxError, ValueError) as err:
             raise BadInputError(f"model {path.name!r} failed to load: {type(err).__name__}: {err}") from None
-    target = inputs / f"model{path.suffix}"
+    target = job.model_file(f"model{path.suffix}")
     target.write_bytes(data)
     return target.name
 
@@ -501,7 +494,7 @@ def _store_upload(owner: str) -> dict[str, Any]:
     it becomes the owner's latest upload, which ``/submit`` uses unless the request names another."""
     base = _owner_uploads(owner)
     upload_id = new_job_id()
-    staging = base / ".incoming" / upload_id
+    staging = base / INCOMING / upload_id
     staging.mkdir(parents=True)
     try:
         files = _receive_archive(staging)
@@ -573,7 +566,7 @@ def _submit_multipart(owner: str) -> Job:
             body[key] = value
     if not request.files:
         return _submit(owner, body, source=None)
-    staging = settings.jobs_dir / ".incoming" / f"upload-{new_job_id()}"
+    staging = settings.jobs_dir / INCOMING / f"upload-{new_job_id()}"
     staging.mkdir(parents=True)
     try:
         for field_name, part in request.files.items(multi=True):

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from appliance.server.settings import Settings
+from servicecore.errors import BadInputError
 from servicecore.launcher import GthreadServer, gthread_options
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,24 @@ def serve(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     """Recover what a previous worker left behind, then consume jobs, ``max_concurrent_jobs`` at a time."""
-    from appliance.server.jobs import JobQueue, job_user
+    from appliance.server.isolation import job_uids, secure_data_dir
+    from appliance.server.network import parse_endpoints
+    from appliance.server.queue import JobQueue
 
     settings = load_settings(args)
     _configure_logging(settings)
-    user = job_user(settings)  # fails early, with a clear message, when the job user is missing
-    log.info("jobs run as %s", user.name if user else "the worker's own user")
-    settings.model_repository.mkdir(parents=True, exist_ok=True)
+    uids = job_uids(settings)  # a malformed range fails here, with a clear message
+    parse_endpoints(settings.job_network_allow)
+    if settings.job_network not in ("isolated", "host"):
+        raise BadInputError(f'setting job_network must be "isolated" or "host", got {settings.job_network!r}')
+    for directory in (settings.jobs_dir, settings.uploads_dir, settings.model_repository):
+        directory.mkdir(parents=True, exist_ok=True)
     queue = JobQueue(settings)
+    if uids is None:
+        log.warning("not root: jobs run as the worker's own user, without their own uids or network")
+    else:
+        secure_data_dir(settings)
+        log.info("jobs run as uids %d-%d, network %s", uids[0], uids[-1], settings.job_network)
     recovered = queue.recover()
     if recovered["failed"] or recovered["requeued"]:
         log.warning("recovered after restart: failed %s, queued again %s", recovered["failed"],

@@ -82,6 +82,11 @@ class Settings(settings.LoadableSettings):
     job_network: str = _setting("isolated", '"isolated" (own namespace, job_network_allow only) or "host"')
     job_network_allow: str = _setting("127.0.0.1:1094", "ADDRESS:PORT,... a job may reach (XRootD proxy)")
     max_bundle_bytes: int = _setting(4096 * MiB, "largest model bundle a job may produce")
+    max_json_bytes: int = _setting(1 * MiB, "largest JSON request body (uploads have max_upload_bytes)")
+    disk_quota_bytes: int = _setting(20 * 1024 * MiB, "disk one user's uploads and jobs may use (0 = none)")
+    follow_default_s: int = _setting(60, "how long a followed log stream stays open unless asked (follow_s)")
+    max_followers_per_user: int = _setting(4, "log streams one user may follow at once (per API process)")
+    max_followers: int = _setting(0, "log streams open at once per API process (0 = threads - 1)")
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:

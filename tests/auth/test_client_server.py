@@ -140,7 +140,7 @@ def test_submit_follow_and_download_a_trained_model(server, idp, data_dir, tmp_p
                                                     remote_background, capsys) -> None:  # fmt: skip
     workflow = write_workflow(tmp_path / "work", sample_files, remote_background, name="trained")
     alice = idp.mint(ALICE, AUDIENCE)
-    with worker_process(data_dir, tmp_path / "worker.log"):
+    with worker_process(data_dir, tmp_path / "worker.log", remote_background):
         code = run_client(server, alice, "submit", str(workflow), "--follow", "--interval", "0.5")
         captured = capsys.readouterr()
         assert code == 0, captured.err + (tmp_path / "worker.log").read_text()[-3000:]

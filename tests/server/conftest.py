@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -22,8 +23,8 @@ from appliance.server.settings import Settings
 from tests.support.processes import free_port, running, stop
 
 REPO = Path(__file__).resolve().parents[2]
-# Jobs run as this unprivileged user when the tests run as root (as on the appliance's build machine).
-JOB_USER = "nobody"
+# Jobs run as uids of this range when the tests run as root (as on the appliance's build machine).
+JOB_UIDS = range(61500, 61510)
 TINY_MODEL = {
     "layers": [{"type": "Dense", "units": 8, "activation": "relu"},
                {"type": "Dense", "units": 1, "activation": "sigmoid"}],
@@ -37,7 +38,7 @@ ENDLESS_PARAMS = {**TINY_PARAMS, "epochs": 100_000}
 def server_env(data_dir: Path, **settings: object) -> dict[str, str]:
     env = {
         "MLAAS4HEP_DATA_DIR": str(data_dir),
-        "MLAAS4HEP_JOB_USER": JOB_USER,
+        "MLAAS4HEP_JOB_UIDS": f"{JOB_UIDS[0]}-{JOB_UIDS[-1]}",
         "MLAAS4HEP_HEARTBEAT_S": "1",
         "MLAAS4HEP_STALE_AFTER_S": "60",
         "MLAAS4HEP_KILL_GRACE_S": "5",
@@ -82,6 +83,11 @@ def remote_samples(xrootd, sample_files) -> dict[str, str]:
             for kind in ("signal", "background")}  # fmt: skip
 
 
+def reachable(*urls: str) -> str:
+    """The ``job_network_allow`` setting that lets a job reach the servers of these root:// URLs."""
+    return ",".join(sorted({f"127.0.0.1:{urlsplit(url).port}" for url in urls}))
+
+
 def workflow(remote_samples: dict[str, str], **overrides: object) -> dict[str, object]:
     body: dict[str, object] = {
         "name": "ttbar",
@@ -106,8 +112,13 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
 
 
 @contextlib.contextmanager
-def worker_process(data_dir: Path, log: Path, **settings: object) -> Iterator[subprocess.Popen]:
-    """``python -m appliance worker``, ready once it logs that it consumes the queue."""
+def worker_process(
+    data_dir: Path, log: Path, *reachable_urls: str, **settings: object
+) -> Iterator[subprocess.Popen]:
+    """``python -m appliance worker``, ready once it logs that it consumes the queue; its jobs may reach the
+    servers of ``reachable_urls`` (the XRootD proxy) and nothing else."""
+    if reachable_urls:
+        settings.setdefault("job_network_allow", reachable(*reachable_urls))
     argv = [sys.executable, "-m", "appliance", "worker", "--data-dir", str(data_dir)]
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,

@@ -1,0 +1,134 @@
+"""The job queue: huey carries job ids from the API to the workers; ``JobQueue`` submits, cancels, recovers.
+
+The queue is ``SqliteHuey`` in ``DATA_DIR/queue.db`` by default, or ``RedisHuey`` when ``queue_url`` names a
+Redis broker, so several worker machines can share it. A queue message only carries a job id; a job runs
+once because a worker must first claim it in the store, which also makes duplicate or stale messages
+harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+
+from huey import Huey, RedisHuey, SqliteHuey
+
+from appliance.server.isolation import JobIdentity, job_uids
+from appliance.server.jobdir import JobDir
+from appliance.server.runner import JobRun
+from appliance.server.settings import Settings
+from appliance.server.store import CANCELLED, FAILED, QUEUED, RUNNING, Job, JobStore, NoFreeIdentityError, now
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "mlaas4hep.run_job"
+NO_IDENTITY_RETRY_S = 5
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+def make_huey(settings: Settings) -> Huey:
+    """The one switch between the embedded queue and a shared broker: ``queue_url``."""
+    if settings.queue_url:
+        return RedisHuey("mlaas4hep", results=False, url=settings.queue_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey("mlaas4hep", results=False, filename=str(settings.queue_db))
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobQueue:
+    """The store, the huey instance and the task that runs a job; the API enqueues, workers consume."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.job_db)
+        self.huey = make_huey(settings)
+        self._task = self.huey.task(name=TASK_NAME)(self.run_job)
+
+    def job_dir(self, job_id: str) -> JobDir:
+        return JobDir.of(self.settings, job_id)
+
+    def submit(self, job: Job) -> None:
+        """Record the job (its directory is already in place) and queue it."""
+        self.store.add(job)
+        try:
+            self.huey.enqueue(self._task.s(job.id, id=job.id))
+        except Exception as err:
+            self.store.finish(job.id, FAILED, error=f"the job queue refused the job: {err}")
+            raise
+
+    def cancel(self, job_id: str) -> Job | None:
+        job = self.store.request_cancel(job_id)
+        if job is not None and job.state == CANCELLED:
+            self.huey.revoke_by_id(job_id)
+        return job
+
+    def reap_stale(self) -> list[str]:
+        """Running jobs whose worker went silent (dead and not restarted) become failed."""
+        limit = now() - self.settings.stale_after_s
+        return self.store.fail_interrupted(
+            lambda job: (job.heartbeat or 0) < limit,
+            f"the worker running this job stopped answering for {self.settings.stale_after_s:.0f} s",
+        )
+
+    def recover(self) -> dict[str, list[str]]:
+        """At worker start: fail the jobs a dead worker on this host left running, and queue again the
+        queued jobs that have no message in the queue (so none waits forever)."""
+        host = socket.gethostname()
+
+        def orphaned(job: Job) -> bool:
+            worker_host, _, pid = (job.worker or "").rpartition(":")
+            return worker_host == host and not _alive(int(pid or 0))
+
+        failed = self.store.fail_interrupted(
+            orphaned, "interrupted: the worker stopped while the job was running; submit it again"
+        )
+        failed += self.reap_stale()
+        pending = {task.id for task in self.huey.pending()}
+        requeued = []
+        for job in self.store.list(state=QUEUED, limit=1_000_000):
+            if job.id not in pending:
+                self.huey.enqueue(self._task.s(job.id, id=job.id))
+                requeued.append(job.id)
+        return {"failed": failed, "requeued": requeued}
+
+    # -- the task ------------------------------------------------------------------------------------------
+
+    def run_job(self, job_id: str) -> None:
+        """The huey task: claim the job and its uid, run its training subprocess, record the outcome."""
+        try:
+            job = self.store.claim(job_id, worker_id(), job_uids(self.settings))
+        except NoFreeIdentityError as err:
+            # Every uid is busy: the job stays queued and comes back later.
+            log.warning("job %s waits: %s", job_id, err)
+            self._task.schedule(args=(job_id,), delay=NO_IDENTITY_RETRY_S, id=job_id)
+            return
+        if job is None:
+            return
+        identity = JobIdentity(job.uid) if job.uid is not None else None
+        try:
+            state, error, result = JobRun(self.settings, job, self.store, worker_id(), identity).run()
+        except Exception as err:
+            log.exception("job %s: internal error", job_id)
+            state, error, result = FAILED, f"internal error of the worker: {err}", None
+        self.store.finish(job_id, state, error=error, result=result, only_from=(RUNNING,))
+        log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,240 @@
+"""One execution of a job: the sandboxed training subprocess, its limits, cancel checks and outcome.
+
+The job runs ``python -m appliance train ...`` as an argv list (never a shell) in its own directory::
+
+    prlimit --as=MEMORY --cpu=CPUS*WALL -- taskset --cpu-list CORES
+        setpriv --pdeathsig KILL [--reuid U --regid U --clear-groups] -- python -m appliance train ...
+
+``setpriv`` drops to the job's own uid (``appliance.server.isolation``; only when the worker is root) and
+makes the kernel kill the job if its worker dies, so a killed worker never leaves an orphan training
+behind. ``prlimit`` caps the address space (the memory request) and CPU seconds (a backstop); ``taskset``
+pins the job to as many cores as it asked for, and the thread pools of TensorFlow and BLAS are sized to
+match. Wall time is enforced by the worker's own timer (SIGTERM to the job's process group, SIGKILL after
+``kill_grace_s``). PID 1 is not systemd on every host this runs on, so transient ``systemd-run`` scopes are
+not used. A root worker starts the job in its own network namespace (``appliance.server.network``).
+
+The job writes only ``work/``; it never gets ``--publish``. When it succeeds the worker checks its bundle
+and publishes it (``appliance.server.publisher``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from appliance.server.isolation import JobIdentity, close_job_dir, kill_processes_of, open_job_dir
+from appliance.server.jobdir import JobDir
+from appliance.server.network import JobNetwork, parse_endpoints
+from appliance.server.progress import last_error
+from appliance.server.publisher import BundleRefused, BundleRules, checked_copy, deliver
+from appliance.server.resources import Resources
+from appliance.server.settings import Settings
+from appliance.server.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, iso, now
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+EXIT_BAD_INPUT = 2
+Outcome = tuple[str, str | None, dict[str, Any] | None]
+
+
+class JobRun:
+    """One execution of a job's training subprocess, with its limits, cancel checks and outcome."""
+
+    def __init__(
+        self, settings: Settings, job: Job, store: JobStore, worker: str, identity: JobIdentity | None
+    ) -> None:
+        self.settings = settings
+        self.job = job
+        self.directory = JobDir.of(settings, job.id)
+        self.store = store
+        self.worker = worker
+        self.resources = Resources(**job.resources)
+        self.identity = identity
+
+    def argv(self) -> list[str]:
+        d = self.directory
+        request = self.job.request
+        train = [
+            self.settings.python or sys.executable, "-m", "appliance", "train",
+            "--files", str(d.files_list),
+            "--labels", str(d.labels),
+            "--model", str(d.model_file(request["model_file"])),
+            "--params", str(d.params),
+            *(["--preproc", str(d.preproc)] if request.get("preproc") else []),
+            "--specs", str(d.specs),
+            "--fout", str(d.work_bundle),
+            "--name", self.job.model_name,
+            "--progress-file", str(d.progress),
+            "--quiet",
+        ]  # fmt: skip
+        r = self.resources
+        limits = [
+            "prlimit", f"--as={r.memory_mb * 1024 * 1024}", f"--cpu={r.cpus * r.wall_time_s + 60}", "--",
+            "taskset", "--cpu-list", _cpu_list(r.cpus),
+        ]  # fmt: skip
+        # setpriv comes last, so that it is the job's own parent-death signal it sets and the user switch
+        # happens right before the interpreter starts.
+        launcher = ["setpriv", "--pdeathsig", "KILL"]
+        if self.identity is not None:
+            uid, gid = str(self.identity.uid), str(self.identity.gid)
+            launcher += ["--reuid", uid, "--regid", gid, "--clear-groups"]
+        return [*limits, *launcher, "--", *train]
+
+    def environment(self) -> dict[str, str]:
+        threads = str(self.resources.cpus)
+        d = self.directory
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(d.work),
+            "TMPDIR": str(d.tmp),
+            "LANG": "C.UTF-8",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "OMP_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "TF_NUM_INTEROP_THREADS": "2",
+            "MPLCONFIGDIR": str(d.matplotlib),
+        }
+        # The XRootD client's settings and grid credentials of the host reach the job; nothing else does.
+        env.update({k: v for k, v in os.environ.items() if k.startswith("XRD_") or k == "X509_USER_PROXY"})
+        if self.resources.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        env.update(self.settings.job_env)
+        return env
+
+    def network(self) -> JobNetwork | None:
+        """The job's own network namespace, unless the settings or the worker's rights say otherwise."""
+        if self.identity is None or self.settings.job_network == "host":
+            return None
+        return JobNetwork(parse_endpoints(self.settings.job_network_allow))
+
+    def run(self) -> Outcome:
+        d = self.directory
+        open_job_dir(d, self.identity, self.settings.jobs_dir)
+        network = self.network()
+        try:
+            try:
+                code, stopped_for = self._execute(network)
+            finally:
+                if network is not None:
+                    network.close()
+                if self.identity is not None:
+                    # Nothing of the job may run on while its output is checked.
+                    kill_processes_of(self.identity.uid)
+            return self._outcome(code, stopped_for)
+        finally:
+            close_job_dir(d, self.identity)
+
+    def _execute(self, network: JobNetwork | None) -> tuple[int, str | None]:
+        argv = self.argv()
+        d = self.directory
+        with d.log.open("ab") as log_file, d.result.open("wb") as stdout:
+            log_file.write(_log_line(f"started on {self.worker}: {' '.join(argv)}"))
+            log_file.flush()
+
+            def launch() -> subprocess.Popen:
+                return subprocess.Popen(
+                    argv,
+                    cwd=d.work,
+                    env=self.environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=log_file,
+                    start_new_session=True,
+                )
+
+            process = network.start(launch) if network is not None else launch()
+            stopped_for = self._watch(process)
+            code = process.returncode
+            # Whatever the job left running in its session goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            log_file.write(_log_line(f"training exited with code {code}"))
+        return code, stopped_for
+
+    def _watch(self, process: subprocess.Popen) -> str | None:
+        """Wait for the process; stop it on cancel or at the wall-time limit. Returns why it was stopped."""
+        deadline = time.monotonic() + self.resources.wall_time_s
+        next_beat = 0.0
+        stopped_for = None
+        while True:
+            try:
+                process.wait(POLL_S)
+                return stopped_for
+            except subprocess.TimeoutExpired:
+                pass
+            if stopped_for is not None:
+                continue
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.settings.heartbeat_s
+                if self.store.heartbeat(self.job.id):
+                    stopped_for = "cancelled"
+            if stopped_for is None and time.monotonic() >= deadline:
+                stopped_for = f"wall-time limit of {self.resources.wall_time_s} s exceeded"
+            if stopped_for is not None:
+                threading.Thread(
+                    target=_terminate, args=(process, self.settings.kill_grace_s), daemon=True
+                ).start()
+
+    def _outcome(self, code: int, stopped_for: str | None) -> Outcome:
+        if stopped_for == "cancelled":
+            return CANCELLED, "cancelled while running", None
+        if stopped_for is not None:
+            return FAILED, stopped_for, None
+        if code == 0:
+            return self._publish()
+        if code == EXIT_BAD_INPUT:
+            return FAILED, f"bad input: {last_error(self.directory)}", None
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = (
+                " (memory limit reached?)"
+                if -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT)
+                else ""
+            )
+            return FAILED, f"training was killed by {name}{hint}; see the logs", None
+        return FAILED, f"training failed with exit code {code}: {last_error(self.directory)}", None
+
+    def _publish(self) -> Outcome:
+        """Check the job's bundle, copy it out of ``work/`` and publish it (the worker does, not the job)."""
+        d = self.directory
+        owner = self.identity.uid if self.identity is not None else os.geteuid()
+        rules = BundleRules(self.job.model_name, owner, self.settings.max_bundle_bytes)
+        try:
+            checked_copy(d.work_bundle, d.bundle, rules)
+        except BundleRefused as err:
+            with d.log.open("ab") as log_file:
+                log_file.write(_log_line(f"bundle refused: {err}"))
+            return FAILED, f"the job's bundle was refused: {err}", None
+        with d.log.open("ab") as log_file:
+            log_file.write(_log_line(f"bundle checked; publishing {self.job.model_name}"))
+        return SUCCEEDED, None, deliver(d, self.job.model_name, self.settings.model_repository)
+
+
+def _terminate(process: subprocess.Popen, grace: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _cpu_list(cpus: int) -> str:
+    """The first ``cpus`` cores this worker may use (all of them when it asks for more than there are)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return ",".join(str(c) for c in allowed[: max(1, cpus)])
+
+
+def _log_line(text: str) -> bytes:
+    return f"[mlaas4hep {iso(now())}] {text}\n".encode()

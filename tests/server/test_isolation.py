@@ -1,0 +1,277 @@
+"""Job isolation (issue #12): each job under its own uid, in its own network namespace; the worker, not the
+job, checks the bundle and publishes it.
+
+The bundle check and the network relay are tested directly; then real jobs under a real worker (as root):
+a job's model.py tries to read another running job's inputs, the job store and the uploads, to write into
+the model repository, and to connect to the API, and it is refused each time, while it still reaches the
+XRootD proxy, trains, and is published by the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from appliance.server.network import JobNetwork, parse_endpoints
+from appliance.server.publisher import BundleRefused, BundleRules, checked_copy
+from servicecore.errors import BadInputError
+from tests.server.conftest import (
+    ENDLESS_PARAMS,
+    TINY_PARAMS,
+    api_process,
+    follow_job,
+    http_getter,
+    tar_gz,
+    worker_process,
+    workflow,
+)
+
+ALICE = {"X-Forwarded-User": "alice"}
+NAME = "alice.higgs"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uids and namespaces needs root")
+
+
+# -- the bundle check -------------------------------------------------------------------------------------
+
+
+def make_bundle(base: Path, name: str = NAME) -> Path:
+    bundle = base / "bundle"
+    (bundle / "variables").mkdir(parents=True)
+    (bundle / "variables" / "variables.index").write_bytes(b"index")
+    (bundle / "saved_model.pb").write_bytes(b"graph")
+    (bundle / "params.json").write_text(json.dumps({"name": name, "model": "saved_model.pb", "features": {}}))
+    (bundle / "labels.txt").write_text("1\n0\n")
+    (bundle / "metrics.json").write_text(json.dumps({"test": {"auc": 0.9}}))
+    (bundle / "roc.png").write_bytes(b"\x89PNG")
+    return bundle
+
+
+def check(bundle: Path, tmp_path: Path, uid: int | None = None, max_bytes: int = 1 << 20) -> dict:
+    rules = BundleRules(NAME, os.geteuid() if uid is None else uid, max_bytes)
+    return checked_copy(bundle, tmp_path / "checked", rules)
+
+
+def test_a_proper_bundle_is_copied_out(tmp_path):
+    params = check(make_bundle(tmp_path), tmp_path)
+    assert params["name"] == NAME
+    assert (tmp_path / "checked" / "variables" / "variables.index").read_bytes() == b"index"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".checked")]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda b: (b / "metrics.json").unlink(), "lacks metrics.json"),
+        (lambda b: (b / "variables" / "variables.index").unlink() or (b / "variables").rmdir(), "variables"),
+        (lambda b: (b / "params.json").write_text(json.dumps({"name": "bob.higgs"})), "'bob.higgs'"),
+        (lambda b: (b / "params.json").write_text("[1]"), "not a JSON object"),
+        (lambda b: (b / "params.json").write_text("{"), "not valid JSON"),
+        (lambda b: (b / "extra.sh").write_text("x"), "unexpected entries: extra.sh"),
+        (lambda b: (b / "variables" / "x").symlink_to("/etc/passwd"), "symbolic link"),
+        (lambda b: (b / "labels.txt").unlink() or (b / "labels.txt").symlink_to("/etc/shadow"), "symbolic"),
+        (lambda b: os.link(b / "roc.png", b / "loss.png"), "hard links"),
+        (lambda b: os.mkfifo(b / "variables" / "pipe"), "not a regular file"),
+        (lambda b: (b / "variables" / "big").write_bytes(b"x" * (2 << 20)), "larger than"),
+    ],
+)
+def test_a_bundle_that_is_not_proper_is_refused(tmp_path, spoil, reason):
+    bundle = make_bundle(tmp_path)
+    spoil(bundle)
+    with pytest.raises(BundleRefused, match=reason.replace("(", r"\(")):
+        check(bundle, tmp_path)
+    assert not (tmp_path / "checked").exists()
+
+
+def test_the_bundle_must_belong_to_the_job(tmp_path):
+    bundle = make_bundle(tmp_path)
+    with pytest.raises(BundleRefused, match="belongs to uid"):
+        check(bundle, tmp_path, uid=os.geteuid() + 1)
+    if os.geteuid() == 0:
+        os.chown(bundle / "labels.txt", 61999, 61999)
+        with pytest.raises(BundleRefused, match=r"labels\.txt belongs to uid 61999"):
+            check(bundle, tmp_path)
+
+
+def test_a_missing_bundle_is_refused(tmp_path):
+    with pytest.raises(BundleRefused, match="no bundle directory"):
+        check(tmp_path / "nothing", tmp_path)
+    (tmp_path / "link").symlink_to(make_bundle(tmp_path))
+    with pytest.raises(BundleRefused, match="no bundle directory"):
+        check(tmp_path / "link", tmp_path)
+
+
+# -- the network namespace --------------------------------------------------------------------------------
+
+
+def test_allowed_endpoints_are_parsed_strictly():
+    assert [(e.address, e.port) for e in parse_endpoints("127.0.0.1:1094, [::1]:1094,localhost:8")] == [
+        ("127.0.0.1", 1094),
+        ("::1", 1094),
+        ("127.0.0.1", 8),
+        ("::1", 8),
+    ]
+    for bad in ("127.0.0.1", "proxy.example.org:1094", "127.0.0.1:0", "127.0.0.1:http"):
+        with pytest.raises(BadInputError, match="job_network_allow"):
+            parse_endpoints(bad)
+
+
+@needs_root
+def test_a_job_in_its_namespace_reaches_only_the_allowed_endpoints():
+    servers = []
+    for _ in range(2):
+        server = socket.create_server(("127.0.0.1", 0))
+        servers.append(server)
+
+        def answer(server: socket.socket = server) -> None:
+            while True:
+                connection, _ = server.accept()
+                connection.sendall(b"hello")
+                connection.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+    allowed, other = (server.getsockname()[1] for server in servers)
+    probe = (
+        "import socket\n"
+        f"for port in ({allowed}, {other}):\n"
+        "    try:\n"
+        "        print(port, socket.create_connection(('127.0.0.1', port), timeout=5).recv(5).decode())\n"
+        "    except OSError as err:\n"
+        "        print(port, 'refused', err.errno)\n"
+    )
+    network = JobNetwork(parse_endpoints(f"127.0.0.1:{allowed}"))
+    try:
+        job = network.start(lambda: subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE))
+        out, _ = job.communicate(timeout=60)
+    finally:
+        network.close()
+        for server in servers:
+            server.close()
+    assert out.decode().split("\n")[:2] == [f"{allowed} hello", f"{other} refused 111"]
+
+
+# -- real jobs --------------------------------------------------------------------------------------------
+
+SPY = """
+import json, os, socket, sys
+
+def attempt(what, action):
+    try:
+        action()
+        return "allowed"
+    except OSError as err:
+        return f"refused {err.errno}"
+
+def connect(port):
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+def write_into(directory):
+    with open(os.path.join(directory, "planted.txt"), "w") as f:
+        f.write("x")
+
+report = {
+    "other_inputs": attempt("read", lambda: open(OTHER_INPUTS + "/params.json").read()),
+    "other_job": attempt("list", lambda: os.listdir(OTHER_JOB)),
+    "job_store": attempt("read", lambda: open(DATA_DIR + "/jobs.db", "rb").read()),
+    "uploads": attempt("list", lambda: os.listdir(DATA_DIR + "/uploads")),
+    "jobs_listing": attempt("list", lambda: os.listdir(DATA_DIR + "/jobs")),
+    "repository_write": attempt("write", lambda: write_into(DATA_DIR + "/models")),
+    "repository_read": attempt("list", lambda: os.listdir(DATA_DIR + "/models")),
+    "api": attempt("connect", lambda: connect(API_PORT)),
+    "proxy": attempt("connect", lambda: connect(PROXY_PORT)),
+    "own_work": attempt("write", lambda: write_into(os.environ["HOME"])),
+    "uid": os.getuid(),
+}
+print("SPY " + json.dumps(report), file=sys.stderr, flush=True)
+
+import keras
+
+def model(idim):
+    m = keras.Sequential([keras.Input(shape=(idim,)), keras.layers.Dense(1, activation="sigmoid")])
+    m.compile(loss="binary_crossentropy", optimizer="adam")
+    return m
+"""
+
+
+def upload(url: str, files: dict[str, bytes]) -> None:
+    response = requests.post(f"{url}/upload", data=tar_gz(files), headers=ALICE, timeout=60)
+    assert response.status_code == 201, response.text
+
+
+def submit(url: str, body: dict) -> dict:
+    response = requests.post(f"{url}/jobs", json=body, headers=ALICE, timeout=60)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+SLEEPER = "import time\ntime.sleep(3600)\n\ndef model(idim):\n    return None\n"
+
+
+@needs_root
+@pytest.mark.slow
+def test_a_job_reaches_only_its_own_and_the_worker_publishes_it(data_dir, tmp_path, remote_samples):
+    from urllib.parse import urlsplit
+
+    proxy_port = urlsplit(remote_samples["signal"]).port
+    with (
+        api_process(data_dir, tmp_path / "api.log") as url,
+        worker_process(data_dir, tmp_path / "w.log", *remote_samples.values(), max_concurrent_jobs=2),
+    ):
+        get = http_getter(url, "alice")
+        # Another job, running (its directory is open to its own uid only), that does nothing meanwhile.
+        upload(url, {"sleeper.py": SLEEPER.encode()})
+        sleeper = submit(
+            url, workflow(remote_samples, model="sleeper.py", name="sleeper", params=ENDLESS_PARAMS)
+        )
+        follow_job(get, sleeper["id"], ("running",), 120)
+        other = data_dir / "jobs" / sleeper["id"]
+        constants = {
+            "OTHER_INPUTS": str(other / "inputs"),
+            "OTHER_JOB": str(other),
+            "DATA_DIR": str(data_dir),
+            "API_PORT": urlsplit(url).port,
+            "PROXY_PORT": proxy_port,
+        }
+        source = "".join(f"{key} = {value!r}\n" for key, value in constants.items()) + SPY
+        upload(url, {"spy.py": source.encode()})
+        spy = submit(url, workflow(remote_samples, model="spy.py", name="higgs", params=TINY_PARAMS))
+        done = follow_job(get, spy["id"], ("succeeded", "failed", "cancelled"), 400)
+        log = requests.get(f"{url}/jobs/{spy['id']}/logs", headers=ALICE, timeout=30).text
+        assert requests.delete(f"{url}/jobs/{sleeper['id']}", headers=ALICE, timeout=30).status_code == 202
+        follow_job(get, sleeper["id"], ("cancelled",), 60)
+    line = next((line for line in log.splitlines() if line.startswith("SPY ")), None)
+    assert line is not None, log[-3000:]
+    report = json.loads(line[4:])
+    assert 61500 <= report.pop("uid") < 61510
+    assert report == {
+        "other_inputs": "refused 13",
+        "other_job": "refused 13",
+        "job_store": "refused 13",
+        "uploads": "refused 13",
+        "jobs_listing": "refused 13",
+        "repository_write": "refused 13",
+        "repository_read": "refused 13",
+        "api": "refused 111",
+        "proxy": "allowed",
+        "own_work": "allowed",
+    }, log[-3000:]
+    # It still trained, and the worker (not the job) published it.
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["name"] == "alice.higgs" and done["result"]["version"] == 1
+    published = data_dir / "models" / "alice.higgs" / "1"
+    assert json.loads((published / "params.json").read_text())["name"] == "alice.higgs"
+    assert {p.stat().st_uid for p in [published, *published.rglob("*")]} == {0}
+    assert not (data_dir / "models" / "planted.txt").exists()
+    assert "bundle checked; publishing alice.higgs" in log
+    assert "--publish" not in log
+    # Afterwards the job's directory and its work are the server's again.
+    spy_dir = data_dir / "jobs" / spy["id"]
+    assert spy_dir.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_uid for p in [spy_dir / "work", *(spy_dir / "work").rglob("*")]} == {0}
