@@ -24,11 +24,13 @@ TEMPLATE = TOSCA / "mlaas4hep_appliance.yaml"
 TYPES = TOSCA / "types" / "mlaas4hep_types.yaml"
 BASE_TYPES = ROOT.parent / "shared" / "reference" / "tosca-types" / "basic_types.yaml"
 
-# RELEASE: the repository and tag every URL of tosca/ points at (docs/tosca.md, "Releasing").
+# The repository and the release every URL of tosca/ points at: galaxy.yml's version, tag v<version>
+# (scripts/release.sh stamps both; docs/tosca.md, "Releasing").
 REPOSITORY = "github.com/mlaas4hep/mlaas4hep-appliance"
-TAG = "v0.1.0"
+VERSION = yaml.safe_load((ROOT / "galaxy.yml").read_text())["version"]
+TAG = f"v{VERSION}"
 RAW_BASE = f"https://raw.githubusercontent.com/{REPOSITORY.removeprefix('github.com/')}/{TAG}/"
-COLLECTION_ARTIFACT = f"git+https://{REPOSITORY}.git,{TAG}"
+COLLECTION_ARTIFACT = f"https://{REPOSITORY}/releases/download/{TAG}/mlaas4hep-appliance-{VERSION}.tar.gz"
 COLLECTION = ("mlaas4hep", "appliance")
 BASE_TYPES_URL = "https://baltig.infn.it/infn-cloud/tosca-types/raw/v3.4.0/tosca_types/base/basic_types.yaml"
 

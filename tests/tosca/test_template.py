@@ -85,7 +85,7 @@ def test_node_types_install_the_pinned_collection_and_run_playbooks_kept_here():
 def test_every_pinned_url_names_the_same_release():
     """One release everywhere: a bump that misses a file fails here."""
     texts = [path.read_text() for path in TOSCA.rglob("*.y*ml")]
-    pinned = re.compile(r"mlaas4hep-appliance(?:\.git)?[/,@](v[0-9][^/\s\"']*)")
+    pinned = re.compile(r"mlaas4hep-appliance(?:\.git|/releases/download)?[/,@](v[0-9][^/\s\"']*)")
     tags = {tag for text in texts for tag in pinned.findall(text)}
     assert tags == {RAW_BASE.rstrip("/").rsplit("/", 1)[1]}
 

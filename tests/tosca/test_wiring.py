@@ -229,43 +229,6 @@ def test_configure_playbooks_resolve_their_roles_in_the_installed_collection(tmp
         assert f"mlaas4hep.appliance.{role} :" in result.stdout, result.stdout
 
 
-def test_the_collection_artifact_installs_every_role_from_a_tag(tmp_path):
-    """What the orchestrator does with the artifact, against a clone of this repository tagged as a release.
-
-    A git repository holding several roles installs as a collection only (``ansible-galaxy role install``
-    takes the first meta/main.yml it meets as the whole role), so the repository root needs a galaxy.yml.
-    """
-    if not (ROOT / "galaxy.yml").is_file():
-        pytest.skip(
-            "no galaxy.yml at the repository root yet: the collection artifact cannot install (docs/tosca.md)"
-        )
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)], check=True, timeout=120)
-    if not (clone / "galaxy.yml").is_file():
-        pytest.skip("galaxy.yml is not committed yet")
-    subprocess.run(["git", "-C", str(clone), "tag", "-f", TAG], check=True, capture_output=True, timeout=60)
-    installed = tmp_path / "collections"
-    result = subprocess.run(
-        [
-            Path(sys.executable).parent / "ansible-galaxy",
-            "collection",
-            "install",
-            "-p",
-            str(installed),
-            f"git+file://{clone},{TAG}",
-        ],
-        capture_output=True,
-        text=True,
-        env=ansible_env(tmp_path),
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    roles = installed / "ansible_collections" / "mlaas4hep" / "appliance" / "roles"
-    for node_type in project_node_types().values():
-        assert (roles / role_of(node_type) / "meta" / "argument_specs.yml").is_file(), role_of(node_type)
-
-
 def test_one_access_policy_reaches_the_door_and_both_services():
     """Owner, groups, issuer and the IAM client's id: the same at the door and in both services."""
     plan = deployment()
