@@ -1,4 +1,9 @@
-"""Opening ROOT files, local or remote through XRootD, with errors that name the culprit."""
+"""Opening ROOT files, local or remote through XRootD, with errors that name the culprit.
+
+A data set is a TTree or an RNTuple: both are read through uproot with the same calls (``iterate``,
+``num_entries``); the few places where they differ (the list of columns, a column's type, its size on disk)
+are answered here, so that the rest of the data layer never asks which one it holds.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import numpy as np
 import uproot
 import uproot.interpretation.jagged
@@ -34,7 +40,7 @@ class Source:
 
 
 def open_tree(url: str, tree: str) -> Any:
-    """Open ``url`` and return its TTree ``tree`` (which may be ``dir/tree``)."""
+    """Open ``url`` and return its TTree or RNTuple ``tree`` (which may be ``dir/tree``)."""
     local = Path(url)
     if local.is_file():
         with local.open("rb") as f:
@@ -51,13 +57,42 @@ def open_tree(url: str, tree: str) -> Any:
     try:
         obj = handle[tree]
     except uproot.KeyInFileError:
-        trees = sorted({k.split(";")[0] for k, c in handle.classnames().items() if c.startswith("TTree")})
+        trees = sorted(
+            {k.split(";")[0] for k, c in handle.classnames().items() if c.startswith(DATASET_CLASSES)}
+        )
         raise BadInputError(
             f"tree {tree!r} not found in {url!r}; trees there: {', '.join(trees) or 'none'}"
         ) from None
-    if not isinstance(obj, uproot.behaviors.TTree.TTree):
-        raise BadInputError(f"{tree!r} in {url!r} is a {type(obj).__name__}, not a TTree")
+    if not isinstance(obj, uproot.behaviors.TTree.TTree | uproot.behaviors.RNTuple.RNTuple):
+        raise BadInputError(f"{tree!r} in {url!r} is a {type(obj).__name__}, not a TTree or an RNTuple")
     return obj
+
+
+DATASET_CLASSES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
+
+
+def is_rntuple(tree: Any) -> bool:
+    return isinstance(tree, uproot.behaviors.RNTuple.RNTuple)
+
+
+def column_kinds(tree: Any) -> dict[str, str | None]:
+    """Every top-level branch (TTree) or field (RNTuple) in file order, with its :func:`branch_kind`."""
+    if is_rntuple(tree):
+        return {field.name: field_kind(field) for field in tree.fields}
+    return {branch.name: branch_kind(branch) for branch in tree.branches}
+
+
+def column_type(tree: Any, name: str) -> str:
+    """The C++ type of a column as the file declares it, for error messages."""
+    return tree[name].typename or "a record of fields"
+
+
+def compressed_bytes(tree: Any, names: list[str]) -> float:
+    """Bytes on disk of the named columns. uproot gives no per-field size for an RNTuple: the file's size
+    shared evenly among its fields is the estimate there (it only scales the reported MB/s)."""
+    if is_rntuple(tree):
+        return float(tree.file.fEND) * len(names) / max(len(tree.fields), 1)
+    return float(sum(tree[name].compressed_bytes for name in names))
 
 
 def _first_line(err: BaseException) -> str:
@@ -77,6 +112,27 @@ def branch_kind(branch: Any) -> str | None:
         if isinstance(content, uproot.interpretation.numerical.AsDtype) and content.inner_shape == ():
             return "jagged" if content.from_dtype.kind in "biuf" else None
     return None
+
+
+def field_kind(field: Any) -> str | None:
+    """:func:`branch_kind` for an RNTuple field, read from the awkward form uproot gives it."""
+    form, _ = field.to_akform()
+    form = form.contents[0] if isinstance(form, ak.forms.RecordForm) and len(form.contents) == 1 else form
+    if isinstance(form, ak.forms.NumpyForm):
+        return "flat" if form.inner_shape == () and _is_number(form.primitive) else None
+    if (
+        isinstance(form, ak.forms.ListOffsetForm | ak.forms.ListForm)
+        and form.parameters.get("__array__") is None
+        and isinstance(form.content, ak.forms.NumpyForm)
+        and form.content.inner_shape == ()
+        and form.content.parameters.get("__array__") is None
+    ):
+        return "jagged" if _is_number(form.content.primitive) else None
+    return None
+
+
+def _is_number(primitive: str) -> bool:
+    return primitive == "bool" or primitive.startswith(("int", "uint", "float"))
 
 
 def iterate(

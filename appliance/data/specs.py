@@ -19,8 +19,8 @@ import awkward as ak
 import numpy as np
 
 from appliance.data.features import FORMAT, BranchStats, FeatureSpec
-from appliance.data.sources import Source, branch_kind, entry_shares, iterate, open_tree
-from appliance.data.workflow import Workflow
+from appliance.data.sources import Source, column_kinds, column_type, entry_shares, iterate, open_tree
+from appliance.data.workflow import Cut, Workflow
 from servicecore import atomic
 from servicecore.errors import BadInputError
 
@@ -123,7 +123,10 @@ def load_or_compute_specs(wf: Workflow) -> FeatureSpec:
             cached = {}
         if isinstance(cached, dict) and cached.get("fingerprint") == key:
             log.info("reusing specs from %s", path)
-            return FeatureSpec.from_dict(cached["features"])
+            spec = FeatureSpec.from_dict(cached["features"])
+            # Specs files written before the cuts were recorded: the fingerprint proves they are these.
+            spec.dataset.setdefault("preproc", wf.preproc_source)
+            return spec
         log.warning("specs file %s was made from other inputs; recomputing it", path)
     spec = compute_specs(wf)
     if path is not None:
@@ -138,10 +141,11 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
     raw branches to read from the files.
     """
     trees = [open_tree(url, wf.tree) for url in wf.files]
-    available = [b.name for b in trees[0].branches]
-    kinds = {b.name: branch_kind(b) for b in trees[0].branches}
+    kinds = column_kinds(trees[0])
+    available = list(kinds)
     for url, tree in zip(wf.files[1:], trees[1:], strict=True):
-        missing = [n for n in available if n not in tree.keys()]  # noqa: SIM118 - TTree.keys() is a method
+        present = column_kinds(tree)
+        missing = [n for n in available if n not in present]
         if missing:
             raise BadInputError(f"{url!r} lacks branch(es) {', '.join(missing[:5])} that {wf.files[0]!r} has")
     referenced = wf.preproc.referenced_branches
@@ -152,6 +156,8 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
         raise BadInputError(
             f"branch(es) {', '.join(map(repr, unknown))} not found in tree {wf.tree!r} of {wf.files[0]!r}"
         )
+    named = referenced | {n for n in wf.params.selected_branches if n in kinds}
+    refuse_unsupported(trees[0], wf.files[0], sorted(n for n in named if kinds[n] is None))
     if wf.label_branch and kinds[wf.label_branch] != "flat":
         raise BadInputError(f"label branch {wf.label_branch!r} must hold one number per event")
     chosen = wf.select(available)
@@ -177,6 +183,17 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
     return sources, features, raw
 
 
+def refuse_unsupported(tree: Any, url: str, names: list[str]) -> None:
+    """A branch or field the user asked for by name but that holds no numbers (or nested lists) is refused,
+    naming it and its type; with the default selection such columns are skipped instead, as strings are."""
+    if names:
+        listed = ", ".join(f"{name!r} ({column_type(tree, name)})" for name in names)
+        raise BadInputError(
+            f"{url!r}: unsupported type for branch(es) {listed}: a feature, cut or label must hold one "
+            "number or a list of numbers per event"
+        )
+
+
 def select_events(
     wf: Workflow, spec_like: FeatureSpec, arrays: dict[str, Any]
 ) -> tuple[dict[str, Any], np.ndarray | None]:
@@ -184,17 +201,28 @@ def select_events(
 
     Returns the selected columns and the boolean mask of kept events (None when there is no cut).
     """
+    columns, keep = passing_events(wf.preproc.cuts, spec_like, arrays)
+    if keep is None:
+        return columns, None
+    return {name: values[keep] for name, values in columns.items()}, keep
+
+
+def passing_events(
+    cuts: list[Cut], spec_like: FeatureSpec, arrays: dict[str, Any]
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """All columns of one chunk with the new branches added, and the mask of events that pass ``cuts``
+    (None when there is no cut). Batch inference keeps every event and flags those that fail."""
     columns = spec_like.add_new_branches(arrays)
-    if not wf.preproc.cuts:
+    if not cuts:
         return columns, None
     n = len(next(iter(columns.values())))
     keep = np.ones(n, dtype=bool)
-    for cut in wf.preproc.cuts:
+    for cut in cuts:
         passed = cut.expression.evaluate(lambda name: columns[name])
         if cut.reduce:
             passed = ak.all(passed, axis=1) if cut.reduce == "all" else ak.any(passed, axis=1)
         keep &= np.asarray(ak.to_numpy(passed) if isinstance(passed, ak.Array) else passed, dtype=bool)
-    return {name: values[keep] for name, values in columns.items()}, keep
+    return columns, keep
 
 
 def compute_specs(wf: Workflow) -> FeatureSpec:
@@ -249,6 +277,7 @@ def compute_specs(wf: Workflow) -> FeatureSpec:
             "class_counts": class_counts,
             "label_branch": wf.label_branch,
             "read_branches": read,
+            "preproc": wf.preproc_source,
             "pass1_seconds": round(time.monotonic() - started, 3),
         },
     )

@@ -1,4 +1,4 @@
-"""Pass 2: stream a workflow's events as mixed, shuffled, model-ready chunks.
+"""Pass 2: stream a workflow's events as mixed, shuffled, model-ready chunks (from TTrees or RNTuples).
 
 Every chunk takes events from every file in proportion to the file's share of the data set, so all files end
 together and no file's events are left unread when a small file runs out. Each event's train, validation or
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from appliance.data.features import FeatureSpec
-from appliance.data.sources import iterate, open_tree
+from appliance.data.sources import compressed_bytes, iterate, open_tree
 from appliance.data.specs import load_or_compute_specs, select_events
 from appliance.data.workflow import Workflow, load_workflow
 from servicecore.errors import BadInputError
@@ -269,8 +269,7 @@ def _compressed_bytes(wf: Workflow, stream: EventStream) -> float:
     total = 0.0
     for entry in stream.files:
         tree = stream._tree(entry["url"])
-        size = sum(tree[name].compressed_bytes for name in stream.read_branches)
-        total += size * entry["read"] / max(entry["entries"], 1)
+        total += compressed_bytes(tree, stream.read_branches) * entry["read"] / max(entry["entries"], 1)
     return total
 
 
