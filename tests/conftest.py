@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import appliance  # noqa: F401 - loads the XRootD bindings before any test imports TensorFlow (see there)
 from tests.support.xrootd import XRootDSite, xrootd_site
 
 # Tests must not grab a GPU or spam TensorFlow's start-up chatter.
