@@ -71,8 +71,8 @@ def _tensors(inputs: Any, binary: memoryview | None) -> dict[str, np.ndarray]:
                 name, shape, datatype, parameters["binary_data_size"], binary, offset
             )
             continue
-        values = tensor.get("data")
-        if not isinstance(values, list):
+        values = tensor.get("data")  # a NumPy array when the fast lane decoded the numbers
+        if not isinstance(values, list | np.ndarray):
             raise BadInputError(f"input {name!r}: data must be a list of numbers")
         try:
             array = np.asarray(values)
@@ -142,16 +142,12 @@ def infer(
     return header + data, len(header)
 
 
-def _request_body() -> tuple[dict[str, Any], memoryview | None]:
-    """The JSON inference request, and the tensors' bytes when the binary data extension is used."""
-    header_length = request.headers.get(BINARY_HEADER)
-    if header_length is None:
-        return json_body(), None
-    if request.mimetype not in JSON_TYPES and request.mimetype != "application/octet-stream":
+def binary_body(header_length: str, mimetype: str, raw: bytes) -> tuple[dict[str, Any], memoryview]:
+    """The inference header and the tensors' bytes of a request that uses the binary data extension."""
+    if mimetype not in JSON_TYPES and mimetype != "application/octet-stream":
         raise UnsupportedMediaTypeError(
-            f"unsupported content type {request.mimetype!r}: send application/octet-stream"
+            f"unsupported content type {mimetype!r}: send application/octet-stream"
         )
-    raw = request.get_data(cache=False)
     try:
         length = int(header_length)
         if not 0 < length <= len(raw):
@@ -162,6 +158,18 @@ def _request_body() -> tuple[dict[str, Any], memoryview | None]:
     if not isinstance(body, dict):
         raise BadInputError("the inference header must be a JSON object")
     return body, memoryview(raw)[length:]
+
+
+def _request_body() -> tuple[dict[str, Any], memoryview | None]:
+    """The JSON inference request, and the tensors' bytes when the binary data extension is used."""
+    header_length = request.headers.get(BINARY_HEADER)
+    if header_length is None:
+        return json_body(), None
+    if request.mimetype not in JSON_TYPES and request.mimetype != "application/octet-stream":
+        raise UnsupportedMediaTypeError(
+            f"unsupported content type {request.mimetype!r}: send application/octet-stream"
+        )
+    return binary_body(header_length, request.mimetype, request.get_data(cache=False))
 
 
 def blueprint(plane: DataPlane, base: str) -> Blueprint:
