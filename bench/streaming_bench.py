@@ -14,21 +14,20 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import uproot
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from appliance.data.specs import load_or_compute_specs
+from appliance.data.streaming import EventStream
+from appliance.data.synthetic import SyntheticSchema, write_root_file
+from appliance.data.workflow import load_workflow
+from mlaas4hep_devtools.xrootd import xrootd_site
 
-from appliance.data.specs import load_or_compute_specs  # noqa: E402
-from appliance.data.streaming import EventStream  # noqa: E402
-from appliance.data.synthetic import SyntheticSchema, write_root_file  # noqa: E402
-from appliance.data.workflow import load_workflow  # noqa: E402
-from tests.support.xrootd import xrootd_site  # noqa: E402
+# The checkout's files: the XRootD proxy role's template and the results folder (the code is installed).
+REPO = Path(__file__).resolve().parents[1]
 
 CHUNK = 10_000
 
@@ -85,7 +84,7 @@ def main() -> None:
         events_r, secs_r = best_of(args.repeats, raw_iterate, urls, branches)
         assert events_s == events_r == args.events
 
-        with xrootd_site() as site:
+        with xrootd_site(REPO / "roles" / "xrootd_proxy") as site:
             names = [site.add_file(f) for f in files]
             events_o, secs_o = best_of(
                 args.repeats, raw_iterate, [site.origin_url(n) for n in names], branches

@@ -26,18 +26,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+# Before TensorFlow is imported: it reads the level once, when it loads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from appliance.data.specs import load_or_compute_specs
+from appliance.data.streaming import TRAIN, EventStream
+from appliance.data.synthetic import SyntheticSchema, write_root_file
+from appliance.data.workflow import load_workflow
+from appliance.training.models import load_model
+from appliance.training.trainer import EpochCounter, Trainer, configure_reproducibility, training_device
+from mlaas4hep_devtools.xrootd import xrootd_site
+
+# The checkout's files: the example model, the XRootD proxy role's template, the results folder.
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-
-from appliance.data.specs import load_or_compute_specs  # noqa: E402
-from appliance.data.streaming import TRAIN, EventStream  # noqa: E402
-from appliance.data.synthetic import SyntheticSchema, write_root_file  # noqa: E402
-from appliance.data.workflow import load_workflow  # noqa: E402
-from appliance.training.models import load_model  # noqa: E402
-from appliance.training.trainer import EpochCounter, Trainer, configure_reproducibility, training_device  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -45,9 +48,7 @@ def data_urls(files: list[Path], xrootd: bool) -> Iterator[list[str]]:
     if not xrootd:
         yield [str(f) for f in files]
         return
-    from tests.support.xrootd import xrootd_site
-
-    with xrootd_site() as site:
+    with xrootd_site(REPO / "roles" / "xrootd_proxy") as site:
         yield [site.proxy_url(site.add_file(f, f"bench/{f.name}")) for f in files]
 
 

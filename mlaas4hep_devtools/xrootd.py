@@ -1,7 +1,8 @@
 """Real XRootD servers on loopback: an origin serving a directory, and the appliance's proxy in front of it.
 
-The proxy's configuration is rendered from the Ansible role's own template, so the tests exercise the
-configuration that the appliance ships.
+The proxy's configuration is rendered from the Ansible role's own template (``roles/xrootd_proxy`` of the
+checkout, which the caller names), so the tests and the demo exercise the configuration that the appliance
+ships.
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from tests.support.processes import free_port, running
-
-REPO = Path(__file__).resolve().parents[2]
-ROLE = REPO / "roles" / "xrootd_proxy"
+from mlaas4hep_devtools.processes import free_port, running
 
 
-def render_proxy_config(**overrides: object) -> str:
-    variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+def render_proxy_config(role_dir: Path, **overrides: object) -> str:
+    """The proxy configuration of the ``xrootd_proxy`` role at ``role_dir``: its defaults, then overrides."""
+    variables = yaml.safe_load((role_dir / "defaults" / "main.yml").read_text())
     variables.update(overrides)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(ROLE / "templates"),
+        loader=jinja2.FileSystemLoader(role_dir / "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
@@ -74,8 +73,11 @@ class XRootDSite:
 
 
 @contextlib.contextmanager
-def xrootd_site(base: Path | None = None) -> Iterator[XRootDSite]:
-    """An origin, a direct proxy and a forwarding proxy, all on loopback, stopped when the block ends."""
+def xrootd_site(role_dir: Path, base: Path | None = None) -> Iterator[XRootDSite]:
+    """An origin, a direct proxy and a forwarding proxy, all on loopback, stopped when the block ends.
+
+    The proxies run the configuration of the ``xrootd_proxy`` role at ``role_dir``.
+    """
     # pytest's temporary directories are private to root; xrootd runs as its own user and must read here.
     work = Path(tempfile.mkdtemp(prefix="mlaas4hep-xrootd-", dir=base))
     work.chmod(0o755)
@@ -88,12 +90,14 @@ def xrootd_site(base: Path | None = None) -> Iterator[XRootDSite]:
             f"all.adminpath {work}/adm-origin\nall.pidpath {work}/adm-origin\n"
         ),
         "proxy": render_proxy_config(
+            role_dir,
             xrootd_proxy_port=ports["proxy"],
             xrootd_proxy_mode="direct",
             xrootd_proxy_origin=f"127.0.0.1:{ports['origin']}",
             xrootd_proxy_admin_path=f"{work}/adm-proxy",
         ),
         "forwarding": render_proxy_config(
+            role_dir,
             xrootd_proxy_port=ports["forwarding"],
             xrootd_proxy_mode="forwarding",
             xrootd_proxy_admin_path=f"{work}/adm-forwarding",

@@ -17,14 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import requests
+import uproot
+
+from appliance.data.synthetic import SyntheticSchema, write_root_file
+from mlaas4hep_devtools.processes import free_port, running
+from mlaas4hep_devtools.xrootd import xrootd_site
+
+# The checkout's files the demo uses: the example model and the XRootD proxy role's template. The code comes
+# from the installed packages (scripts/bootstrap.sh installs this checkout into the venv).
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from appliance.data.synthetic import SyntheticSchema, write_root_file  # noqa: E402
-from tests.support.processes import free_port, running  # noqa: E402
-from tests.support.xrootd import xrootd_site  # noqa: E402
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def step(text: str) -> None:
@@ -49,7 +52,7 @@ def main() -> None:
     signal = write_root_file(work / "signal.root", 40_000, shift=0.5, seed=1, schema=schema)
     background = write_root_file(work / "background.root", 40_000, shift=0.0, seed=2, schema=schema)
 
-    with xrootd_site() as site:
+    with xrootd_site(REPO / "roles" / "xrootd_proxy") as site:
         step(f"XRootD origin on 127.0.0.1:{site.origin_port}, appliance proxy on 127.0.0.1:{site.proxy_port}")
         urls = [site.proxy_url(site.add_file(f, f"store/demo/{f.name}")) for f in (signal, background)]
         (work / "files.txt").write_text("\n".join(urls) + "\n")
@@ -99,12 +102,6 @@ def main() -> None:
 
 
 def serve_predictions(work: Path, repo: Path, trained: dict) -> None:
-    if not (REPO / "tfaas" / "__main__.py").exists():
-        print("(TFaaS is not part of this checkout yet; skipping the prediction step)")
-        return
-    import requests
-    import uproot
-
     port = free_port()
     step(f"TFaaS on 127.0.0.1:{port} serving {repo}")
     argv = [sys.executable, "-m", "tfaas", "--model-dir", str(repo), "--port", str(port)]
