@@ -21,7 +21,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "host packages and the controller's virtual environment (scripts/bootstrap.sh)"
 bash scripts/bootstrap.sh
-VENV=$REPO/${MLAAS4HEP_VENV:-.venv}
+source scripts/venv.sh
 export PATH=$VENV/bin:$PATH ANSIBLE_ROLES_PATH=$REPO/roles ANSIBLE_HOST_KEY_CHECKING=false ANSIBLE_PIPELINING=true
 
 step "booting the Debian 12 systemd host $NAME"
@@ -30,8 +30,7 @@ bash molecule/default/nspawn_host.sh create "$NAME" "$SSH_PORT"
 step "packing this working tree for the mlaas4hep role"
 work=$STATE/controller
 mkdir -p "$work"
-git ls-files -z --cached --others --exclude-standard \
-  | tar --null --verbatim-files-from --files-from=- --ignore-failed-read --sort=name -czf "$work/source.tar.gz"
+bash scripts/pack-source.sh "$work/source.tar.gz"
 
 oauth2_vars="oauth2_proxy_install: false
       oauth2_proxy_service_manage: false"

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the appliance and its tests need on Debian 12 (root): system packages and the venv.
-# Idempotent and quick on a second run: the venv is rebuilt only when a requirements file changes.
+# Installs what the appliance, its scripts and its tests need on Debian 12, as root: the Debian packages of
+# scripts/debian-packages.txt, a virtual environment from the pinned requirements, and this checkout's packages.
+#
+# The virtual environment lives outside the clone (MLAAS4HEP_VENV, default /opt/mlaas4hep-dev/venv, apart from
+# the deployed appliance's /opt/mlaas4hep/venv), readable by everyone, and this checkout is installed into it as
+# a wheel, not editable: a training job runs as an unprivileged user with this interpreter and must import the
+# appliance without reading the clone, which may sit in root's 0700 home. The venv is rebuilt only when a
+# requirements file or the interpreter changes; the checkout is reinstalled at every run (a few seconds), so the
+# venv always holds this working tree. Works from a git clone or from an unpacked tarball alike.
 set -euo pipefail
+umask 022  # the venv is read by the unprivileged job user, whatever root's umask is
 cd "$(dirname "$0")/.."
 
-# openssh-client (ssh-keygen), procps (pgrep) and git are missing from minimal images; the scripts call them.
-APT_PACKAGES=(python3 python3-venv python3-dev build-essential xrootd-server xrootd-client
-              debootstrap systemd-container iproute2 wrk curl ca-certificates openssl
-              openssh-client procps git)
+mapfile -t APT_PACKAGES < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' scripts/debian-packages.txt | awk '{print $1}')
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -19,18 +24,29 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-VENV=${MLAAS4HEP_VENV:-.venv}
+# Debian's own interpreter, never whichever python3 comes first on PATH: the appliance runs on /usr/bin/python3
+# (3.11.2 on Debian 12), so that is the one the suite must test.
 PYTHON=/usr/bin/python3
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "bootstrap: $PYTHON is $("$PYTHON" --version); the appliance needs 3.11 or newer" >&2; exit 1; }
+source scripts/venv.sh
 stamp="$VENV/.requirements.sha256"
 want=$( (cat requirements.txt requirements-dev.txt; "$PYTHON" --version) | sha256sum | cut -d' ' -f1)
 if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "bootstrap: building $VENV from requirements.txt and requirements-dev.txt" >&2
-  # Debian's own interpreter, never whichever python3 comes first on PATH: the appliance runs on
-  # /usr/bin/python3 (3.11.2 on Debian 12), so that is the one the suite must test.
   rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r requirements.txt -r requirements-dev.txt
-  "$VENV/bin/pip" install -q --no-deps -e . >/dev/null 2>&1
-  echo "$want" > "$stamp"
+  echo "$want" >"$stamp"
 fi
+
+# pip cannot tell whether the tree changed, so it reinstalls; a build/ folder left by an earlier build could
+# carry modules that no longer exist, so none is kept.
+rm -rf build
+"$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall . >/dev/null
+rm -rf build
+
+# Developers' `.venv/bin/...` keeps working in a fresh clone. Jobs and servers are started with the real path.
+[[ -e .venv || -L .venv ]] || ln -s "$VENV" .venv

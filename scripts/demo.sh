@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec "${MLAAS4HEP_VENV:-.venv}/bin/python" scripts/demo.py "$@"
+source scripts/venv.sh
+exec "$VENV/bin/python" scripts/demo.py "$@"
