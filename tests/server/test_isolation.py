@@ -275,3 +275,54 @@ def test_a_job_reaches_only_its_own_and_the_worker_publishes_it(data_dir, tmp_pa
     spy_dir = data_dir / "jobs" / spy["id"]
     assert spy_dir.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_uid for p in [spy_dir / "work", *(spy_dir / "work").rglob("*")]} == {0}
+
+
+# -- identities and what a job leaves behind --------------------------------------------------------------
+
+
+def test_each_running_job_gets_a_uid_no_other_running_job_holds(tmp_path):
+    from appliance.server.store import FINISHED_STATES, QUEUED, Job, JobStore, NoFreeIdentityError
+
+    store = JobStore(tmp_path / "jobs.db")
+    assert (tmp_path / "jobs.db").stat().st_mode & 0o077 == 0  # everyone's jobs: no job may read it
+    for n in range(4):
+        job = Job(f"{n:032x}", "alice", "x", "alice.x", QUEUED, resources={}, created=float(n))
+        store.add(job)
+    uids = range(61000, 61002)
+    first, second = (store.claim(f"{n:032x}", "w:1", uids) for n in range(2))
+    assert (first.uid, second.uid) == (61000, 61001)
+    with pytest.raises(NoFreeIdentityError):
+        store.claim(f"{2:032x}", "w:1", uids)
+    assert store.get(f"{2:032x}").state == QUEUED  # it waits, untouched
+    store.finish(first.id, FINISHED_STATES[0])
+    assert store.claim(f"{2:032x}", "w:1", uids).uid == 61000  # a finished job's uid is free again
+    assert store.claim(f"{3:032x}", "w:1", None).uid is None  # a worker that is not root gives none
+
+
+@needs_root
+def test_what_a_uid_left_behind_is_swept(tmp_path):
+    from appliance.server.isolation import remove_temporary_leftovers, revoke_stale_grants
+
+    uid = 61998
+    planted = [Path(f"/tmp/h3-leftover-{os.getpid()}"), Path(f"/dev/shm/h3-leftover-{os.getpid()}")]
+    for path in planted:
+        path.write_text("secret")
+        os.chown(path, uid, uid)
+    mine = Path(f"/tmp/h3-kept-{os.getpid()}")
+    mine.write_text("not the job's")
+    jobs = tmp_path / "jobs"
+    stale, current = jobs / ("a" * 32), jobs / ("b" * 32)
+    for directory in (stale, current):
+        directory.mkdir(parents=True)
+        os.chown(directory, 0, uid)
+        directory.chmod(0o750)
+    try:
+        remove_temporary_leftovers(uid)
+        revoke_stale_grants(jobs, uid, keep=current)
+        assert not any(path.exists() for path in planted)
+        assert mine.read_text() == "not the job's"
+        assert (stale.stat().st_gid, stale.stat().st_mode & 0o777) == (0, 0o700)
+        assert (current.stat().st_gid, current.stat().st_mode & 0o777) == (uid, 0o750)
+    finally:
+        for path in [*planted, mine]:
+            path.unlink(missing_ok=True)
