@@ -1,4 +1,4 @@
-"""Command line of the appliance: ``mlaas4hep read|train|generate`` and ``python -m appliance serve|worker``.
+"""Command line: ``mlaas4hep read|train|predict|generate`` and ``python -m appliance serve|worker``.
 
 Each subcommand parses its arguments here and hands them to the module that owns the work. Bad user input
 raises ``BadInputError``; it is printed as one line naming the culprit, with exit code 2, never a traceback.
@@ -33,6 +33,22 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="settings file (JSON or YAML); the environment overrides it")
 
 
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--files", required=True, help="text file with one ROOT file path or URL per line")
+    parser.add_argument("--model", help="NAME or NAME/VERSION in the model repository (--models-dir)")
+    parser.add_argument("--models-dir", help="model repository directory")
+    parser.add_argument("--bundle", help="a model bundle directory, instead of --model")
+    parser.add_argument("--fout", required=True, help="output directory, or a root:// directory URL")
+    parser.add_argument("--tree", help="tree or RNTuple to read (default: the one the model was trained on)")
+    parser.add_argument("--redirector", help="XRootD redirector for files not found locally")
+    parser.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster")
+    parser.add_argument(
+        "--task-entries", type=int, default=500_000, help="entries per task (big files split)"
+    )
+    parser.add_argument("--step", type=int, default=50_000, help="entries read at a time within a task")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlaas4hep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--progress-file", help="append one JSON line per progress event here (the job worker follows it)"
     )
+
+    predict = sub.add_parser("predict", help="apply a model to ROOT files and write one friend tree per file")
+    _predict_arguments(predict)
 
     generate = sub.add_parser("generate", help="write a synthetic NanoAOD-like ROOT file (TTree)")
     generate.add_argument("output")
@@ -108,6 +127,10 @@ def _dispatch(args: argparse.Namespace) -> dict | int | None:
         from appliance.training.command import train_from_cli
 
         return train_from_cli(args)
+    if args.command == "predict":
+        from appliance.inference.predict import predict_from_cli
+
+        return predict_from_cli(args)
     if args.command == "generate":
         from appliance.data.synthetic import SyntheticSchema, write_root_file
 

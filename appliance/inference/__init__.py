@@ -1,0 +1,2 @@
+"""Batch inference: a trained model bundle applied to whole ROOT files, written beside them as friend
+trees."""

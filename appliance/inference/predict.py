@@ -1,0 +1,208 @@
+"""``mlaas4hep predict``: a model bundle applied to every event of a list of ROOT files, in parallel on Dask.
+
+The work is split into tasks on an existing engine, Dask: a local cluster of a few worker processes by
+default, or the workers of a running scheduler (``--scheduler tcp://...``). Tasks check each file, then score
+entry ranges of at most ``task_entries`` events; this process gathers each file's ranges in order and writes
+its friend tree (``appliance.inference.friends``). Nothing appears at the destination until every file is
+scored: friend trees are written in a staging directory and renamed (or copied through XRootD and renamed)
+only at the end, and nothing is left behind on an error.
+
+The one call for a job runner is :func:`run_predict` (files, bundle directory, output, options) -> summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.inference import friends
+from appliance.inference.bundle import ModelBundle, load_bundle
+from appliance.inference.scoring import FileCheck, check_file, model_outputs, score_range
+from servicecore import atomic
+from servicecore.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "predict.json"
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class PredictOptions:
+    scheduler: str | None = None  # address of a running Dask scheduler; None starts a local cluster
+    workers: int = 2  # processes of the local cluster (2 cores on a small VM)
+    task_entries: int = 500_000  # entries per task: big files are split into ranges of this size
+    step: int = 50_000  # entries per read inside a task (memory per worker is bounded by it)
+    tree: str | None = None  # tree or RNTuple to read; default: the one the model was trained on
+    processes: bool = True  # local cluster of worker processes (False: worker threads in this process)
+
+    def check(self) -> None:
+        for key in ("workers", "task_entries", "step"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadInputError(f"predict option {key} must be a positive integer, got {value!r}")
+
+
+def run_predict(
+    files: Sequence[str],
+    bundle_dir: str | Path,
+    output: str | Path,
+    options: PredictOptions | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write one friend tree per input file into ``output`` (a directory, or a ``root://`` directory URL).
+
+    Returns the summary also written as ``output/predict.json``: the model, and per file its input URL,
+    friend tree, entries and entries passing the cuts.
+    """
+    options = options or PredictOptions()
+    options.check()
+    report = progress or (lambda event: None)
+    started = time.monotonic()
+    if not files:
+        raise BadInputError("predict: the files list names no file")
+    bundle = load_bundle(bundle_dir)
+    tree = options.tree or bundle.tree
+    destination = friends.Destination.parse(str(output))
+    names = friends.friend_names(files)
+    destination.refuse_existing([*names, MANIFEST])
+
+    with dask_client(options) as client:
+        checks = client.gather(
+            client.map(check_file, files, tree_name=tree, needed=bundle.needed_branches(), pure=False)
+        )
+        refuse_missing(bundle, checks)
+        n_outputs = int(client.submit(model_outputs, str(bundle.path), pure=False).result())
+        score_names = bundle.score_names(n_outputs)
+        total = sum(check.entries for check in checks)
+        report({"stage": "predict", "files": len(files), "events": total, "done": 0})
+        with destination.staging() as staging:
+            results, done = [], 0
+            for check, name in zip(checks, names, strict=True):
+                ranges = [
+                    client.submit(
+                        score_range,
+                        str(bundle.path),
+                        check.url,
+                        tree,
+                        start,
+                        min(start + options.task_entries, check.entries),
+                        options.step,
+                        pure=False,
+                    )
+                    for start in range(0, check.entries, options.task_entries)
+                ]
+                written = friends.write_friend(staging / name, check.entries, score_names, _in_order(ranges))
+                done += written["entries"]
+                report({"stage": "predict", "files": len(files), "events": total, "done": done})
+                results.append({"input": check.url, "friend": name, **written})
+            summary = {
+                "model": bundle.name,
+                "version": bundle.version,
+                "bundle": str(bundle.path),
+                "tree": tree,
+                "friend_tree": friends.FRIEND_TREE,
+                "branches": ["entry", "passed", *score_names],
+                "output": str(output),
+                "files": results,
+                "events": done,
+                "passed": sum(r["passed"] for r in results),
+                "seconds": round(time.monotonic() - started, 3),
+                "engine": {"scheduler": options.scheduler or "local", **_engine(client)},
+                "options": asdict(options),
+            }
+            summary["events_per_s"] = round(done / summary["seconds"], 1) if summary["seconds"] else None
+            atomic.write_json(staging / MANIFEST, summary)
+            destination.commit(staging, [*names, MANIFEST])
+    report({"stage": "done", "events": done, "time": time.time()})
+    return summary
+
+
+def _in_order(futures: list[Any]) -> Iterator[Any]:
+    for future in futures:
+        yield future.result()
+
+
+def _engine(client: Any) -> dict[str, Any]:
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if client.scheduler_info else {}
+    return {"workers": len(workers), "threads": sum(w.get("nthreads", 0) for w in workers.values())}
+
+
+def refuse_missing(bundle: ModelBundle, checks: list[FileCheck]) -> None:
+    """One error naming every column the model needs and some file lacks (or holds in another form)."""
+    missing = sorted({name for check in checks for name in check.missing})
+    wrong = sorted({name for check in checks for name in check.wrong})
+    if not missing and not wrong:
+        return
+    culprits = [c.url for c in checks if c.missing or c.wrong]
+    where = ", ".join(map(repr, culprits[:3])) + (
+        f" and {len(culprits) - 3} more" if len(culprits) > 3 else ""
+    )
+    parts = []
+    if missing:
+        parts.append(f"lack branch(es) {', '.join(missing)}")
+    if wrong:
+        parts.append(f"hold branch(es) of another type than the training's: {', '.join(wrong)}")
+    raise BadInputError(f"model {bundle.name!r} needs what file(s) {where} {' and '.join(parts)}")
+
+
+@contextlib.contextmanager
+def dask_client(options: PredictOptions) -> Iterator[Any]:
+    """A Dask client on the given scheduler, or on a local cluster started (and stopped) here."""
+    from distributed import Client, LocalCluster
+
+    if options.scheduler:
+        try:
+            client = Client(options.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise BadInputError(f"cannot reach the Dask scheduler {options.scheduler!r}: {err}") from None
+        with client:
+            yield client
+        return
+    extra: dict[str, Any] = {}
+    if options.processes:
+        # One TensorFlow thread pool per worker process, so that N workers use N cores, not N squared.
+        extra["env"] = {
+            "TF_NUM_INTRAOP_THREADS": "1",
+            "TF_NUM_INTEROP_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        }
+    with (
+        LocalCluster(
+            n_workers=options.workers,
+            threads_per_worker=1,
+            processes=options.processes,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # task errors reach the caller as exceptions
+            **extra,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def predict_from_cli(args: Any) -> dict[str, Any]:
+    """``mlaas4hep predict``: the arguments of appliance.cli turned into one :func:`run_predict` call."""
+    from appliance.data.workflow import read_files_list
+    from appliance.inference.bundle import resolve_bundle
+
+    files = read_files_list(args.files, args.redirector or "")
+    bundle = resolve_bundle(args.model, args.models_dir, args.bundle)
+    options = PredictOptions(
+        scheduler=args.scheduler,
+        workers=args.workers,
+        task_entries=args.task_entries,
+        step=args.step,
+        tree=args.tree,
+    )
+    summary = run_predict(files, bundle, args.fout, options)
+    return {
+        key: summary[key] for key in ("model", "version", "output", "events", "passed", "events_per_s")
+    } | {"files": len(summary["files"])}

@@ -1,0 +1,139 @@
+"""The work of one task, run on a Dask worker: check a file, or score one entry range of it.
+
+Tasks get plain values (URLs, the bundle's path, entry numbers) and return NumPy arrays, so they run the same
+on a local cluster and on a remote scheduler's workers (which must see the bundle path and the files' URLs).
+Each worker process loads a bundle's SavedModel once and keeps it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.data.sources import column_kinds, column_type, iterate, open_tree
+from appliance.data.specs import passing_events
+from appliance.inference.bundle import ModelBundle, load_bundle
+from servicecore.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What a file holds for this model: its entries, and the columns it lacks or holds in the wrong form."""
+
+    url: str
+    entries: int
+    missing: tuple[str, ...]
+    wrong: tuple[str, ...]  # "name (type)" of columns present but not of the kind the model needs
+
+
+@dataclass(frozen=True)
+class ScoredRange:
+    """Entries ``start``..``start+len`` of one file: whether each passed the cuts, and the model's outputs
+    (NaN where it did not)."""
+
+    start: int
+    passed: np.ndarray  # bool [n]
+    scores: np.ndarray  # float32 [n, n_outputs]
+
+
+@dataclass
+class LoadedModel:
+    bundle: ModelBundle
+    run: Any  # float32 [n, dim] -> float32 [n, n_outputs]
+    n_outputs: int
+    saved_model: Any  # kept alive: the signature refers to it
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, mtime_ns: int) -> LoadedModel:
+    import tensorflow as tf
+
+    bundle = load_bundle(path)
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as err:  # TensorFlow raises many types for a corrupt or foreign SavedModel
+        raise BadInputError(f"model {bundle.name!r} is not a loadable SavedModel: {err}") from None
+    signature_name = str(bundle.params.get("signature") or "serving_default")
+    if signature_name not in loaded.signatures:
+        raise BadInputError(f"model {bundle.name!r} has no signature {signature_name!r}")
+    signature = loaded.signatures[signature_name]
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    input_name = _pick(bundle.params, ("input_name", "inputNode"), inputs)
+    output_name = _pick(bundle.params, ("output_name", "outputNode"), outputs)
+    dim = inputs[input_name].shape[-1]
+    if dim != bundle.spec.dim:
+        raise BadInputError(
+            f"model {bundle.name!r}: its feature spec gives {bundle.spec.dim} columns but the SavedModel "
+            f"takes {dim}"
+        )
+    shape = outputs[output_name].shape
+    n_outputs = int(shape[-1]) if shape.rank == 2 and shape[-1] is not None else 1
+
+    def run(matrix: np.ndarray) -> np.ndarray:
+        result = signature(**{input_name: tf.constant(matrix, dtype=tf.float32)})[output_name]
+        return np.asarray(result.numpy(), dtype=np.float32).reshape(len(matrix), -1)
+
+    return LoadedModel(bundle, run, n_outputs, loaded)
+
+
+def _pick(params: dict[str, Any], keys: tuple[str, ...], available: dict[str, Any]) -> str:
+    for key in keys:
+        if params.get(key) in available:
+            return str(params[key])
+    return next(iter(available))
+
+
+def loaded_model(bundle_path: str | Path) -> LoadedModel:
+    """The bundle's model, loaded once per process (reloaded if its params.json changes)."""
+    path = str(bundle_path)
+    return _load(path, (Path(path) / "params.json").stat().st_mtime_ns)
+
+
+def model_outputs(bundle_path: str) -> int:
+    """The number of model outputs (and, as a side effect, the model loaded on this worker)."""
+    return loaded_model(bundle_path).n_outputs
+
+
+def check_file(url: str, tree_name: str, needed: dict[str, str | None]) -> FileCheck:
+    """Open ``url`` and compare its columns with those the model needs (a bad file raises BadInputError)."""
+    tree = open_tree(url, tree_name)
+    kinds = column_kinds(tree)
+    missing = tuple(name for name in needed if name not in kinds)
+    wrong = tuple(
+        f"{name} ({column_type(tree, name)})"
+        for name, kind in needed.items()
+        if name in kinds and (kinds[name] is None or (kind is not None and kinds[name] != kind))
+    )
+    return FileCheck(url, int(tree.num_entries), missing, wrong)
+
+
+def score_range(bundle_path: str, url: str, tree_name: str, start: int, stop: int, step: int) -> ScoredRange:
+    """Read entries [start, stop) of ``url`` chunk by chunk, apply the cuts and the model."""
+    model = loaded_model(bundle_path)
+    bundle = model.bundle
+    spec, cuts = bundle.spec, bundle.cuts
+    branches = list(bundle.needed_branches())
+    tree = open_tree(url, tree_name)
+    passed_parts, score_parts = [], []
+    for _, arrays in iterate(tree, branches, step, start, stop, url):
+        columns, keep = passing_events(cuts, spec, arrays)
+        n = len(next(iter(columns.values())))
+        scores = np.full((n, model.n_outputs), np.nan, dtype=np.float32)
+        keep = np.ones(n, dtype=bool) if keep is None else keep
+        if keep.any():
+            selected = columns if keep.all() else {name: values[keep] for name, values in columns.items()}
+            try:
+                matrix = spec.transform(selected)
+            except BadInputError as err:
+                raise BadInputError(f"{url}: {err}") from None
+            scores[keep] = model.run(matrix)
+        passed_parts.append(keep)
+        score_parts.append(scores)
+    if not passed_parts:
+        return ScoredRange(start, np.zeros(0, bool), np.zeros((0, model.n_outputs), np.float32))
+    return ScoredRange(start, np.concatenate(passed_parts), np.concatenate(score_parts))
