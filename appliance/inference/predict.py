@@ -159,7 +159,7 @@ def dask_client(options: PredictOptions) -> Iterator[Any]:
 
     if options.scheduler:
         try:
-            client = Client(options.scheduler, timeout="20s")
+            client = Client(options.scheduler, timeout="10s")
         except (OSError, TimeoutError) as err:
             raise BadInputError(f"cannot reach the Dask scheduler {options.scheduler!r}: {err}") from None
         with client:

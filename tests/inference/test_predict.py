@@ -112,3 +112,28 @@ def test_an_rntuple_field_of_another_type_is_named(trained, tmp_path):
     with pytest.raises(BadInputError, match=r"of another type than the training's: MET_pt \(std::string\)"):
         run_predict([str(odd)], trained.bundle, tmp_path / "out", THREADS)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_running_dask_scheduler_is_used_when_given(trained, tmp_path):
+    from distributed import LocalCluster
+
+    files = [str(trained.inputs["rntuple"]["background"])]
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None) as cluster:
+        options = PredictOptions(scheduler=cluster.scheduler_address, task_entries=2000)
+        summary = run_predict(files, trained.bundle, tmp_path / "out", options)
+    assert summary["engine"] == {"scheduler": cluster.scheduler_address, "workers": 1, "threads": 2}
+    assert summary["files"][0]["entries"] == 5000
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(trained, tmp_path):
+    from mlaas4hep_devtools.processes import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(BadInputError, match=f"cannot reach the Dask scheduler '{address}'"):
+        run_predict(
+            [str(trained.inputs["ttree"]["signal"])],
+            trained.bundle,
+            tmp_path / "out",
+            PredictOptions(scheduler=address),
+        )
+    assert not (tmp_path / "out").exists()
