@@ -13,8 +13,8 @@ from flask import Flask
 from servicecore.http import install_error_handlers
 from tfaas.bodylimit import BoundedRequest
 from tfaas.dataplane import DataPlane
-from tfaas.fastlane import FastLane
-from tfaas.identity import install_auth
+from tfaas.fastlane import FastLane, LaneIdentity
+from tfaas.identity import install_auth, public_paths
 from tfaas.metrics import Metrics
 from tfaas.predictor import ModelStore
 from tfaas.protocols import kserve, original, service, tfserving
@@ -44,8 +44,8 @@ def create_app(settings: Settings) -> Flask:
     service.count_requests(app, metrics)
     install_error_handlers(app)
     install_auth(app, settings)
-    if not settings.auth:
-        # Authentication hooks run inside Flask, which the lane bypasses: with auth on, every request goes
-        # through Flask.
-        app.wsgi_app = FastLane(app.wsgi_app, plane, settings, metrics)  # type: ignore[method-assign]
+    # The lane runs before Flask's auth hook: it checks the caller as the hook does, with the hook's verifier.
+    hook = app.extensions["auth_settings"], app.extensions["auth"]
+    identity = LaneIdentity(*hook, public_paths(settings))
+    app.wsgi_app = FastLane(app.wsgi_app, plane, settings, metrics, identity)  # type: ignore[method-assign]
     return app

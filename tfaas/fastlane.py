@@ -8,18 +8,27 @@ the Flask views call (``tfaas.protocols``) on the body as the reference decoder 
 well-formed request that succeeds. Anything else (a body of unknown length, a content type or path it does
 not vouch for, an unknown model, any error) is handed, body intact, to the Flask view, which is the
 reference implementation and words every error. So the lane adds speed but no behaviour.
+
+Identity: the lane answers only a caller that Flask's auth hook (``servicecore.auth.install_auth``) would let
+through, checked by ``LaneIdentity`` with the same verifier object, the same public paths and the same
+demo-mode rules. A caller it cannot vouch for (no token, a bad one, one outside the policy, the identity
+provider out of reach) is handed to Flask, whose hook answers the 401/403/503 with its own words: the lane
+never words a refusal, so its refusals cannot differ from the view's.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import flask
 import orjson
 
+from servicecore import auth
 from tfaas.dataplane import DataPlane
 from tfaas.fast_json import InferDecoder, ValuesDecoder
 from tfaas.metrics import Metrics
@@ -50,9 +59,67 @@ def _reference_decode(body: bytes) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+class LaneIdentity:
+    """Whether the auth hook would let a request through: True only when it surely would.
+
+    ``verifier`` is the very ``TokenVerifier`` the hook uses (``app.extensions["auth"]``), so both share the
+    issuers' key caches; ``public`` and ``loopback`` are the hook's own patterns.
+    """
+
+    def __init__(
+        self,
+        settings: auth.AuthSettings,
+        verifier: auth.TokenVerifier | None,
+        public: Iterable[str],
+        loopback: Iterable[str] = (),
+    ) -> None:
+        self._settings = settings
+        self._verifier = verifier
+        self._public = (*public, *settings.public_paths)
+        self._loopback = (*loopback, *settings.loopback_paths)
+
+    def admits(self, environ: dict[str, Any]) -> bool:
+        request = flask.Request(environ)  # headers are read lazily from the environ; the body is untouched
+        path = request.path
+        if _matches(path, self._public) or (_matches(path, self._loopback) and _loopback_direct(request)):
+            return True
+        if self._verifier is None:
+            return self._demo_admits(request)
+        token = auth.bearer_token(request)
+        if token is None:
+            return False
+        try:
+            self._verifier.verify(token)
+        except Exception:  # AuthError, IssuerUnavailableError: the hook answers them, in its words
+            return False
+        return True
+
+    def _demo_admits(self, request: flask.Request) -> bool:
+        if self._settings.mode == auth.LOCAL_DEMO:
+            return True
+        name = auth.forwarded_user(request)
+        if name is None:
+            return _loopback_direct(request)
+        return len(name) <= auth.MAX_USERNAME_LENGTH and name.isprintable()
+
+
+def _matches(path: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
+
+
+def _loopback_direct(request: flask.Request) -> bool:
+    """As the hook decides it: on loopback and not forwarded by oauth2-proxy."""
+    if request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded"):
+        return False
+    return auth.is_loopback_address(request.remote_addr or "")
+
+
 class FastLane:
-    def __init__(self, app: Any, plane: DataPlane, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Any, plane: DataPlane, settings: Settings, metrics: Metrics, identity: LaneIdentity
+    ) -> None:
         self._app = app
+        self._identity = identity
         self._plane = plane
         self._max_body = settings.max_body_bytes
         self._metrics = metrics
@@ -83,6 +150,8 @@ class FastLane:
         except ValueError:
             length = -1
         if not 0 <= length <= self._max_body:  # chunked bodies are counted against the limit by Flask
+            return self._app(environ, start_response)
+        if not self._identity.admits(environ):
             return self._app(environ, start_response)
         body = environ["wsgi.input"].read(length)
         mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
