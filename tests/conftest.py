@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from tests.support.xrootd import XRootDSite, xrootd_site
 
 # Tests must not grab a GPU or spam TensorFlow's start-up chatter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The tests start servers, workers and jobs with sys.executable. Run as .venv/bin/python, the link that
+# scripts/bootstrap.sh leaves in a clone, it names a path inside the clone, which an unprivileged job cannot
+# reach when the clone is private (/root is 0700): use the venv's real folder (the interpreter link itself
+# must stay, since the venv is known by its folder).
+sys.executable = str(Path(sys.executable).parent.resolve() / Path(sys.executable).name)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NANOAOD_SAMPLE = SHARED_DATA / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
