@@ -8,9 +8,9 @@ onto ``REPO/<name>/<version>/``: a reader never sees half a version, a version n
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -39,14 +39,19 @@ def staging_directory(parent: Path, prefix: str) -> Path:
     raise FileExistsError(f"no free staging directory name in {parent}")
 
 
-def current_umask() -> int:
-    """The process's umask, read without setting it."""
-    # os.umask() can only be read by setting it, which races with other threads; Linux reports it here.
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
+def copy_contents(source: Path, target: Path) -> None:
+    """Copy the files and folders of ``source`` into ``target``, not their modes.
+
+    ``shutil.copytree`` copies each folder's mode with chmod; a folder staged inside the repository carries
+    the setgid bit it inherited, and chmod of that bit is refused under the services' RestrictSUIDSGID (TFaaS
+    uploads failed with EPERM on the appliance). New folders and files take the umask and the repository's
+    group by inheritance instead.
+    """
+    for folder, _, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (target / relative).mkdir(mode=0o777, exist_ok=True)
+        for file in files:
+            shutil.copyfile(Path(folder) / file, target / relative / file)
 
 
 def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path, int]:
@@ -64,8 +69,7 @@ def publish(bundle: str | Path, repository: str | Path, name: str) -> tuple[Path
     model_dir.mkdir(exist_ok=True)
     staging = staging_directory(incoming_root, "bundle-")
     try:
-        shutil.copytree(bundle, staging, dirs_exist_ok=True)
-        staging.chmod(0o777 & ~current_umask())  # copytree copied the source's mode onto it
+        copy_contents(Path(bundle), staging)
         params = json.loads((staging / "params.json").read_text())
         for _ in range(PUBLISH_ATTEMPTS):
             version = next_version(model_dir)

@@ -92,10 +92,10 @@ def test_a_failed_publication_leaves_nothing_in_the_repository(tmp_path, monkeyp
     source = fake_bundle(tmp_path / "b")
 
     def broken_copy(src, dst, **kwargs):
-        Path(dst, "saved_model.pb").write_text("half")
+        Path(dst).write_text("half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(publishing.shutil, "copytree", broken_copy)
+    monkeypatch.setattr(publishing.shutil, "copyfile", broken_copy)
     with pytest.raises(OSError, match="disk full"):
         publish(source, repo, "m")
     assert list((repo / ".incoming").iterdir()) == []
@@ -140,3 +140,14 @@ def test_a_published_version_is_readable_by_the_repository_group(tmp_path):
     assert published.stat().st_mode & 0o777 == 0o770
     for path in [published, *published.rglob("*")]:
         assert path.stat().st_gid == 65534, path  # readable through the group by TFaaS
+
+
+def test_publishing_copies_no_folder_mode(tmp_path):
+    """Folders staged in a setgid repository inherit the bit; copying a source folder's mode onto them is a
+    chmod of that bit, which the services' RestrictSUIDSGID refuses (TFaaS uploads failed with EPERM)."""
+    source = fake_bundle(tmp_path / "b")
+    (source / "variables" / "variables.index").write_text("index")
+    (source / "variables").chmod(0o2700)
+    target, _ = publish(source, tmp_path / "models", "m")
+    assert (target / "variables" / "variables.index").read_text() == "index"
+    assert (target / "variables").stat().st_mode & 0o7777 != 0o2700  # the mode was not copied
