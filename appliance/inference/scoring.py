@@ -126,12 +126,13 @@ def score_range(bundle_path: str, url: str, tree_name: str, start: int, stop: in
         scores = np.full((n, model.n_outputs), np.nan, dtype=np.float32)
         keep = np.ones(n, dtype=bool) if keep is None else keep
         if keep.any():
-            selected = columns if keep.all() else {name: values[keep] for name, values in columns.items()}
+            # Every event is transformed and the passing rows taken after: uproot's arrays keep their
+            # contiguous list offsets (the transform's fast path), which selecting events first would lose.
             try:
-                matrix = spec.transform(selected)
+                matrix = spec.transform(columns)
             except BadInputError as err:
                 raise BadInputError(f"{url}: {err}") from None
-            scores[keep] = model.run(matrix)
+            scores[keep] = model.run(matrix if keep.all() else matrix[keep])
         passed_parts.append(keep)
         score_parts.append(scores)
     if not passed_parts:
