@@ -42,7 +42,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree", help="tree or RNTuple to read (default: the one the model was trained on)")
     parser.add_argument("--redirector", help="XRootD redirector for files not found locally")
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
+    parser.add_argument(
+        "--processes", action="store_true", help="local cluster of worker processes (default: threads)"
+    )
     parser.add_argument(
         "--task-entries", type=int, default=500_000, help="entries per task (big files split)"
     )

@@ -1,6 +1,6 @@
 """``mlaas4hep predict``: a model bundle applied to every event of a list of ROOT files, in parallel on Dask.
 
-The work is split into tasks on an existing engine, Dask: a local cluster of a few worker processes by
+The work is split into tasks on an existing engine, Dask: a local cluster of a few worker threads by
 default, or the workers of a running scheduler (``--scheduler tcp://...``). Tasks check each file, then score
 entry ranges of at most ``task_entries`` events; this process gathers each file's ranges in order and writes
 its friend tree (``appliance.inference.friends``). Nothing appears at the destination until every file is
@@ -36,11 +36,14 @@ Progress = Callable[[dict[str, Any]], None]
 @dataclass
 class PredictOptions:
     scheduler: str | None = None  # address of a running Dask scheduler; None starts a local cluster
-    workers: int = 2  # processes of the local cluster (2 cores on a small VM)
+    workers: int = 2  # workers of the local cluster (2 cores on a small VM)
     task_entries: int = 500_000  # entries per task: big files are split into ranges of this size
     step: int = 50_000  # entries per read inside a task (memory per worker is bounded by it)
     tree: str | None = None  # tree or RNTuple to read; default: the one the model was trained on
-    processes: bool = True  # local cluster of worker processes (False: worker threads in this process)
+    # Local cluster of worker threads in this process by default: reading, the transform and TensorFlow run
+    # outside the GIL, and each worker process would pay its own start and TensorFlow import (seconds per
+    # call; bench/results/predict.md). Processes isolate workers, for a long run on a large machine.
+    processes: bool = False
 
     def check(self) -> None:
         for key in ("workers", "task_entries", "step"):
@@ -201,6 +204,7 @@ def predict_from_cli(args: Any) -> dict[str, Any]:
         task_entries=args.task_entries,
         step=args.step,
         tree=args.tree,
+        processes=args.processes,
     )
     summary = run_predict(files, bundle, args.fout, options)
     return {

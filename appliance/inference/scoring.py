@@ -2,12 +2,13 @@
 
 Tasks get plain values (URLs, the bundle's path, entry numbers) and return NumPy arrays, so they run the same
 on a local cluster and on a remote scheduler's workers (which must see the bundle path and the files' URLs).
-Each worker process loads a bundle's SavedModel once and keeps it.
+Each worker process loads a bundle's SavedModel once and keeps it (its threads share it).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,14 @@ def _pick(params: dict[str, Any], keys: tuple[str, ...], available: dict[str, An
     return next(iter(available))
 
 
+_LOADING = threading.Lock()
+
+
 def loaded_model(bundle_path: str | Path) -> LoadedModel:
     """The bundle's model, loaded once per process (reloaded if its params.json changes)."""
     path = str(bundle_path)
-    return _load(path, (Path(path) / "params.json").stat().st_mtime_ns)
+    with _LOADING:  # worker threads of one process share the loaded model rather than each load it
+        return _load(path, (Path(path) / "params.json").stat().st_mtime_ns)
 
 
 def model_outputs(bundle_path: str) -> int:

@@ -1,4 +1,4 @@
-"""``mlaas4hep predict`` as a user runs it: a subprocess on Dask's local cluster of worker processes."""
+"""``mlaas4hep predict`` as a user runs it: a subprocess on Dask's local cluster (threads, or processes)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def predict(*args: object) -> subprocess.CompletedProcess:
 def test_predict_by_model_name_on_worker_processes(trained, tmp_path):
     files = tmp_path / "files.txt"
     files.write_text("".join(f"{trained.inputs[form]['signal']}\n" for form in ("ttree", "rntuple")))
-    options = ["--workers", 2, "--task-entries", 1000]
+    options = ["--workers", 2, "--processes", "--task-entries", 1000]
     model = ["--model", trained.name, "--models-dir", trained.models]
     result = predict("--files", files, *model, "--fout", tmp_path / "out", *options)
     assert result.returncode == 0, result.stderr

@@ -18,7 +18,7 @@ from tests.inference.conftest import Trained
 
 pytestmark = pytest.mark.slow
 
-# Threads in this process (TensorFlow is already loaded here); the CLI test runs the default worker processes.
+# Worker threads in this process (the default); the CLI test runs worker processes too.
 THREADS = PredictOptions(workers=2, processes=False, task_entries=1100, step=400)
 
 
