@@ -14,6 +14,8 @@ NAME=${MLAAS4HEP_HOST_NAME:-mlaas4hep-appliance}
 SSH_PORT=${MLAAS4HEP_HOST_SSH_PORT:-22223}
 BASE=${MLAAS4HEP_HOST_PORT_BASE:-38000}
 API_PORT=$((BASE + 80)) TFAAS_PORT=$((BASE + 83)) PROXY_PORT=$((BASE + 94)) ORIGIN_PORT=$((BASE + 95))
+# The demo's OIDC issuer: the test identity provider e2e.py runs on this port; the appliance is the owner's.
+IDP_PORT=$((BASE + 90)) OWNER_SUB=demo-owner
 STATE=${MLAAS4HEP_NSPAWN_STATE:-/var/lib/mlaas4hep-nspawn}/$NAME
 ARCHIVE=${MLAAS4HEP_OAUTH2_PROXY_ARCHIVE:-}
 
@@ -59,7 +61,8 @@ appliance:
       appliance_base_firewall_apply: false
       appliance_base_ssh_port: $SSH_PORT
       oauth2_proxy_public_host: localhost
-      oauth2_proxy_issuer_url: https://iam.cloud.infn.it/
+      oauth2_proxy_issuer_url: http://127.0.0.1:$IDP_PORT
+      oauth2_proxy_owner_sub: $OWNER_SUB
       oauth2_proxy_client_id: ${MLAAS4HEP_OAUTH2_CLIENT_ID:-local-demo}
       oauth2_proxy_client_secret: ${MLAAS4HEP_OAUTH2_CLIENT_SECRET:-local-demo-secret}
       $oauth2_vars
@@ -75,11 +78,12 @@ echo "site.yml took $(($(date +%s) - start)) s"
 
 step "demo workflow: root:// files through the XRootD proxy, POST /jobs, then a TFaaS prediction"
 scp -q -P "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
-  molecule/default/e2e.py "root@127.0.0.1:/root/mlaas4hep-e2e.py"
+  molecule/default/e2e.py tests/auth/idp.py "root@127.0.0.1:/root/"
 ssh -p "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
-  root@127.0.0.1 /opt/mlaas4hep/venv/bin/python /root/mlaas4hep-e2e.py --name demo.higgs \
+  root@127.0.0.1 /opt/mlaas4hep/venv/bin/python /root/e2e.py --name demo.higgs \
   --origin-dir /srv/origin/store/molecule --data-url "root://127.0.0.1:$PROXY_PORT//store/molecule" \
-  --api "http://127.0.0.1:$API_PORT" --tfaas "http://127.0.0.1:$TFAAS_PORT"
+  --api "http://127.0.0.1:$API_PORT" --tfaas "http://127.0.0.1:$TFAAS_PORT" \
+  --idp-port "$IDP_PORT" --owner-sub "$OWNER_SUB" --client /opt/mlaas4hep/venv/bin/mlaas4hep-client
 
 cat <<END
 

@@ -1,21 +1,35 @@
-"""End-to-end call inside the appliance host, through its HTTP APIs only.
+"""End-to-end calls inside the appliance host, through its HTTP APIs only, with tokens of a real OIDC issuer.
 
-Writes a small signal and background ROOT file into the XRootD origin, submits a training workflow whose
-files are root:// URLs through the appliance's XRootD proxy (``POST /jobs``), waits for the job to succeed
-(``GET /jobs/<id>``), then asks TFaaS for a prediction from raw branch values (``POST /json``).
-Runs with the appliance's own virtual environment. Exit code 1 names the call that failed.
+The issuer is the test identity provider (tests/auth/idp.py, copied beside this file), started here on the
+loopback port the appliance was configured with (its ``oauth2_proxy_issuer_url``); the services fetch its
+discovery document and keys themselves. Then, as the appliance's owner:
+
+1. ROOT files into the XRootD origin, and a workflow whose files are root:// URLs through the appliance's
+   proxy: ``POST /jobs``;
+2. the prototype's way: the workflow files in a tar.gz with ``POST /upload``, then ``POST /submit``;
+3. ``mlaas4hep-client submit`` of a workflow with local files (it uploads them itself);
+4. each job followed to ``succeeded``; the first job's bundle downloaded and sent to TFaaS ``POST /upload`` (a
+   new version); a TFaaS prediction from raw branch values (``POST /json``).
+
+And the access policy as shipped: no token 401, a token of a user outside the policy 403 (both services); with
+a shared group, a second member sees 404 for the owner's job and cannot delete the owner's model.
+Runs with the appliance's own virtual environment. Exit status 1 names the call that failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import requests
 import uproot
+from idp import IdentityProvider, User
 
 from appliance.data.synthetic import SyntheticSchema, write_root_file
 
@@ -29,6 +43,8 @@ MODEL = {
     "metrics": ["accuracy"],
 }
 PARAMS = {"nevts": -1, "chunk_size": 2000, "epochs": 2, "batch_size": 128, "branch": "Events", "seed": 1}
+# The upload paths train too; one short epoch is enough to see them publish.
+SMALL_PARAMS = {**PARAMS, "nevts": 2000, "epochs": 1}
 
 
 def fail(call: str, response: requests.Response | None = None, detail: str = "") -> None:
@@ -37,16 +53,122 @@ def fail(call: str, response: requests.Response | None = None, detail: str = "")
     sys.exit(f"e2e: {call} failed: {detail}")
 
 
+def expect(call: str, response: requests.Response, *statuses: int) -> requests.Response:
+    if response.status_code not in statuses:
+        fail(f"{call} (expected {' or '.join(map(str, statuses))})", response)
+    print(f"{call} -> {response.status_code}", flush=True)
+    return response
+
+
+def expect_refused(call: str, response: requests.Response, status: int) -> None:
+    """A refusal in the services' one error body: ``{"error": ..., "status": N}``."""
+    expect(call, response, status)
+    try:
+        body = response.json()
+    except ValueError:
+        fail(call, response, "the refusal is not JSON")
+    if body.get("status") != status or not body.get("error"):
+        fail(call, response, "the refusal is not the {error, status} body")
+
+
+class Caller:
+    """One user's session: every request carries that user's bearer token (or none)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def get(self, url: str, **kwargs) -> requests.Response:
+        return self.session.get(url, timeout=60, **kwargs)
+
+    def post(self, url: str, **kwargs) -> requests.Response:
+        return self.session.post(url, timeout=120, **kwargs)
+
+    def delete(self, url: str, **kwargs) -> requests.Response:
+        return self.session.delete(url, timeout=60, **kwargs)
+
+
+def wait_for_job(owner: Caller, api: str, job_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = expect_quiet(f"GET /jobs/{job_id}", owner.get(f"{api}/jobs/{job_id}")).json()
+        if job["state"] == "succeeded":
+            print(f"GET /jobs/{job_id} -> succeeded ({job['model_name']})", flush=True)
+            return job
+        if job["state"] in ("failed", "cancelled"):
+            logs = owner.get(f"{api}/jobs/{job_id}/logs").text[-4000:]
+            fail(f"job {job_id}", detail=f"{json.dumps(job)[:3000]}\n{logs}")
+        if time.monotonic() > deadline:
+            fail(f"job {job_id}", detail=f"still {job['state']} after {timeout} s")
+        time.sleep(2)
+
+
+def expect_quiet(call: str, response: requests.Response) -> requests.Response:
+    if response.status_code != 200:
+        fail(call, response)
+    return response
+
+
+def workflow_archive(files: list[str], labels: str) -> bytes:
+    """The prototype's upload: the workflow's files in one tar.gz."""
+    members = {
+        "files.txt": "\n".join(files) + "\n",
+        "labels.txt": labels,
+        "model.json": json.dumps(MODEL),
+        "params.json": json.dumps(SMALL_PARAMS),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def check_policy(args: argparse.Namespace, anonymous: Caller, stranger: Caller) -> None:
+    """401 without a token and 403 outside the policy, on both services, before any job exists."""
+    expect_refused("API GET /jobs without a token", anonymous.get(f"{args.api}/jobs"), 401)
+    expect_refused("API GET /jobs as a user outside the policy", stranger.get(f"{args.api}/jobs"), 403)
+    expect_refused("TFaaS GET /models without a token", anonymous.get(f"{args.tfaas}/models"), 401)
+    expect_refused(
+        "TFaaS GET /models as a user outside the policy", stranger.get(f"{args.tfaas}/models"), 403
+    )
+    refused_upload = stranger.post(
+        f"{args.api}/upload", data=workflow_archive([], "1\n"), headers={"Content-Type": "application/gzip"}
+    )
+    expect_refused("API POST /upload as a user outside the policy", refused_upload, 403)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--origin-dir", type=Path, required=True, help="the origin's folder for the files")
     parser.add_argument("--data-url", required=True, help="root:// URL of that folder through the proxy")
     parser.add_argument("--api", required=True, help="base URL of the MLaaS4HEP API")
     parser.add_argument("--tfaas", required=True, help="base URL of TFaaS")
-    parser.add_argument("--name", default="molecule.e2e", help="model name in the repository")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the job")
+    parser.add_argument("--idp-port", type=int, required=True, help="loopback port of the configured issuer")
+    parser.add_argument("--audience", default="mlaas4hep", help="the audience the tokens carry")
+    parser.add_argument("--owner-sub", required=True, help="the owner's subject (oauth2_proxy_owner_sub)")
+    parser.add_argument("--shared-group", default="", help="the allowed group, when the appliance is shared")
+    parser.add_argument("--client", required=True, help="the mlaas4hep-client program")
+    parser.add_argument("--name", default="molecule.e2e", help="model name (in the owner's namespace)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for each job")
     args = parser.parse_args()
 
+    groups = (args.shared_group,) if args.shared_group else ()
+    owner_user = User(args.owner_sub, "owner", groups)
+    with IdentityProvider.running(port=args.idp_port) as idp:
+        owner = Caller(idp.mint(owner_user, args.audience))
+        stranger = Caller(idp.mint(User("e2e-stranger-sub", "stranger", ("elsewhere",)), args.audience))
+        colleague = Caller(idp.mint(User("e2e-colleague-sub", "colleague", groups), args.audience))
+        check_policy(args, Caller(None), stranger)
+        run_jobs(args, owner, colleague, idp.mint(owner_user, args.audience))
+
+
+def run_jobs(args: argparse.Namespace, owner: Caller, colleague: Caller, owner_token: str) -> None:
     schema = SyntheticSchema(n_flat=4, n_jagged=2)
     files = {}
     for label, shift, seed in (("signal", 1.0, 1), ("background", 0.0, 2)):
@@ -55,48 +177,100 @@ def main() -> None:
         files[label] = path
     urls = [f"{args.data_url}/{files[label].name}" for label in ("signal", "background")]
 
+    # 1. The resource API, the workflow inline.
     workflow = {"name": args.name, "files": urls, "labels": [1, 0], "params": PARAMS, "model": MODEL}
-    submitted = requests.post(f"{args.api}/jobs", json=workflow, timeout=60)
-    if submitted.status_code not in (200, 201, 202):
-        fail("POST /jobs", submitted)
-    job_id = submitted.json()["id"]
-    print(f"POST /jobs -> {submitted.status_code} job {job_id}", flush=True)
+    job_id = expect("API POST /jobs", owner.post(f"{args.api}/jobs", json=workflow), 201, 202).json()["id"]
 
-    deadline = time.monotonic() + args.timeout
-    while True:
-        status = requests.get(f"{args.api}/jobs/{job_id}", timeout=30)
-        if status.status_code != 200:
-            fail(f"GET /jobs/{job_id}", status)
-        job = status.json()
-        if job["state"] == "succeeded":
-            break
-        if job["state"] in ("failed", "cancelled"):
-            logs = requests.get(f"{args.api}/jobs/{job_id}/logs", timeout=30).text[-4000:]
-            fail(f"job {job_id}", detail=f"{json.dumps(job)[:3000]}\n{logs}")
-        if time.monotonic() > deadline:
-            fail(f"job {job_id}", detail=f"still {job['state']} after {args.timeout} s")
-        time.sleep(2)
-    print(f"GET /jobs/{job_id} -> {job['state']}", flush=True)
-    # The server publishes under the owner's namespace (local.<name> without an auth front).
+    # 2. The prototype's calls: the files in one upload, then /submit naming them.
+    uploaded = owner.post(
+        f"{args.api}/upload",
+        data=workflow_archive(urls, "1\n0\n"),
+        headers={"Content-Type": "application/gzip"},
+    )
+    expect("API POST /upload", uploaded, 200, 201)
+    prototype = {
+        "name": f"{args.name}-submit",
+        "files": "files.txt",
+        "labels": "labels.txt",
+        "model": "model.json",
+        "params": "params.json",
+    }
+    submitted = expect(
+        "API POST /submit", owner.post(f"{args.api}/submit", json=prototype), 200, 201, 202
+    ).json()
+
+    # 3. The command-line client, which uploads the workflow's local files itself.
+    folder = Path(__file__).resolve().parent / "client-workflow"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.json").write_text(json.dumps(MODEL))
+    (folder / "params.json").write_text(json.dumps(SMALL_PARAMS))
+    (folder / "files.txt").write_text("\n".join(urls) + "\n")
+    client_workflow = {"name": f"{args.name}-client", "files": "files.txt", "labels": [1, 0]}
+    client_workflow |= {"model": "model.json", "params": "params.json"}
+    (folder / "workflow.json").write_text(json.dumps(client_workflow))
+    client = subprocess.run(
+        [args.client, "--server", args.api, "--token", owner_token, "submit", str(folder / "workflow.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if client.returncode != 0:
+        fail("mlaas4hep-client submit", detail=f"exit {client.returncode}: {client.stderr[-2000:]}")
+    client_job = json.loads(client.stdout)
+    print(f"mlaas4hep-client submit -> job {client_job['id']}", flush=True)
+
+    job = wait_for_job(owner, args.api, job_id, args.timeout)
+    wait_for_job(owner, args.api, submitted["job_id"], args.timeout)
+    wait_for_job(owner, args.api, client_job["id"], args.timeout)
     name = job["model_name"]
 
-    # TFaaS reloads the repository by itself; the new model appears within a few seconds.
+    if args.shared_group:
+        # A second member of the shared group: the owner's job and model are not theirs.
+        expect_refused(
+            f"API GET /jobs/{job_id} as another member", colleague.get(f"{args.api}/jobs/{job_id}"), 404
+        )
+        mine = expect("API GET /jobs as another member", colleague.get(f"{args.api}/jobs"), 200).json()
+        listed = mine if isinstance(mine, list) else mine.get("jobs", [])
+        if any(entry.get("id") == job_id for entry in listed):
+            fail("API GET /jobs as another member", detail="lists the owner's job")
+        refused = colleague.delete(f"{args.tfaas}/delete/{name}")
+        if refused.status_code not in (403, 404):
+            fail(f"TFaaS DELETE /delete/{name} as another member (expected 403 or 404)", refused)
+        print(f"TFaaS DELETE /delete/{name} as another member -> {refused.status_code}", flush=True)
+
+    # 4. The bundle back through TFaaS's own upload: it becomes the next version.
+    bundle = expect(
+        f"API GET /jobs/{job_id}/model", owner.get(f"{args.api}/jobs/{job_id}/model"), 200
+    ).content
+    version = expect(
+        "TFaaS POST /upload",
+        owner.post(
+            f"{args.tfaas}/upload",
+            params={"name": name},
+            data=bundle,
+            headers={"Content-Type": "application/gzip"},
+        ),
+        200,
+        201,
+    ).json()["version"]
+
+    # TFaaS reloads the repository by itself; the new version appears within a few seconds.
     deadline = time.monotonic() + 60
     while True:
-        params = requests.get(f"{args.tfaas}/params/{name}", timeout=30)
+        params = owner.get(f"{args.tfaas}/params/{name}", params={"version": version})
         if params.status_code == 200:
             break
         if time.monotonic() > deadline:
-            fail(f"TFaaS GET /params/{name}", params)
+            fail(f"TFaaS GET /params/{name}?version={version}", params)
         time.sleep(1)
     branches = sorted(set(params.json()["features"]["dataset"]["read_branches"]))
     with uproot.open(files["signal"]) as root_file:
         events = root_file["Events"].arrays(branches, entry_stop=3, library="ak")
     raw = {branch: events[branch].tolist() for branch in events.fields}
-    predicted = requests.post(f"{args.tfaas}/json", json={"model": name, "raw": raw}, timeout=60)
-    if predicted.status_code != 200:
-        fail("TFaaS POST /json", predicted)
-    print(f"TFaaS POST /json ({name}, 3 signal events) -> {predicted.text}")
+    predicted = expect(
+        "TFaaS POST /json", owner.post(f"{args.tfaas}/json", json={"model": name, "raw": raw}), 200
+    )
+    print(f"TFaaS POST /json ({name} v{version}, 3 signal events) -> {predicted.text}")
 
 
 if __name__ == "__main__":

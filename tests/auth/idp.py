@@ -107,8 +107,8 @@ class IdentityProvider:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, tls: tuple[Path, Path] | None = None) -> Iterator[IdentityProvider]:
-        idp = cls(tls=tls)
+    def running(cls, tls: tuple[Path, Path] | None = None, port: int = 0) -> Iterator[IdentityProvider]:
+        idp = cls(port=port, tls=tls)
         idp._thread.start()
         try:
             yield idp

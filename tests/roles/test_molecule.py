@@ -1,7 +1,10 @@
-"""The Molecule scenario: a Debian 12 systemd host (debootstrap + systemd-nspawn), site.yml, a second run
-with no change, then verify (units, ports, rendered fronts, a workflow trained through the XRootD proxy and a
-TFaaS prediction), then destroy. Needs root, debootstrap and systemd-nspawn; the root filesystem is cached in
-/var/cache/mlaas4hep-nspawn between runs."""
+"""The Molecule matrix, one scenario per tested platform: a Debian 12 (molecule/default) and a Debian 13
+(molecule/debian13) systemd host (debootstrap + systemd-nspawn), site.yml with the shipped defaults, a second
+run with no change, then verify (units, ports, the door and the services configured with one policy, and the
+end-to-end calls with tokens of the test identity provider: 401 without a token, 403 outside the policy, 404
+for the owner's job under a second member of the shared group (Debian 12), a workflow trained through every
+upload path and a TFaaS prediction), then destroy. Needs root, debootstrap and systemd-nspawn; the root
+filesystems are cached in /var/cache/mlaas4hep-nspawn between runs."""
 
 from __future__ import annotations
 
@@ -17,7 +20,21 @@ from tests.roles.conftest import REPO, VENV_BIN, ansible_env
 pytestmark = [pytest.mark.molecule, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
-def test_molecule_scenario_passes():
+# The scenario and what its verify step must have printed (e2e.py's lines).
+SCENARIOS = {
+    "default": [
+        "-> 401",
+        "-> 403",
+        "as another member -> 404",
+        "API POST /submit -> ",
+        "TFaaS POST /upload -> ",
+    ],
+    "debian13": ["-> 401", "-> 403", "API POST /submit -> ", "TFaaS POST /upload -> "],
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_molecule_scenario_passes(scenario):
     missing = [
         tool for tool in ("debootstrap", "systemd-nspawn", "nsenter", "ssh") if shutil.which(tool) is None
     ]
@@ -26,7 +43,7 @@ def test_molecule_scenario_passes():
             f"needs root and {', '.join(missing) or 'nothing else'} (scripts/bootstrap.sh installs them)"
         )
     result = subprocess.run(
-        [str(VENV_BIN / "molecule"), "test", "--scenario-name", "default"],
+        [str(VENV_BIN / "molecule"), "test", "--scenario-name", scenario],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -41,3 +58,6 @@ def test_molecule_scenario_passes():
         "idempotence: Executed: Successful" in output.replace("➜ ", "") or "Idempotence completed" in output
     ), output[-6000:]
     assert "TFaaS POST /json" in output, output[-6000:]
+    assert "mlaas4hep-client submit -> job" in output, output[-6000:]
+    for line in SCENARIOS[scenario]:
+        assert line in output, f"{line!r} not in the verify output:\n{output[-6000:]}"
