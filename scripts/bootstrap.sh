@@ -24,6 +24,13 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# xrootd stops unless this machine's host name resolves, and a minimal image (debootstrap) has no /etc/hosts:
+# add the line the Debian installer writes, only when the name resolves nowhere.
+if ! getent hosts "$(uname -n)" >/dev/null; then
+  echo "bootstrap: the host name $(uname -n) does not resolve; adding it to /etc/hosts as 127.0.1.1" >&2
+  printf '127.0.1.1\t%s\n' "$(uname -n)" >>/etc/hosts
+fi
+
 # Debian's own interpreter, never whichever python3 comes first on PATH: the appliance runs on /usr/bin/python3
 # (3.11.2 on Debian 12), so that is the one the suite must test.
 PYTHON=/usr/bin/python3

@@ -23,6 +23,8 @@ COMMANDS = {
     "apt-get": "scripts/bootstrap.sh",
     "dpkg-query": "scripts/bootstrap.sh",
     "sha256sum": "scripts/bootstrap.sh",
+    "getent": "scripts/bootstrap.sh",
+    "uname": "scripts/bootstrap.sh",
     "tar": "scripts/pack-source.sh",
     "git": "scripts/pack-source.sh",
     "realpath": "scripts/pack-source.sh",
