@@ -4,7 +4,8 @@ When the worker runs as root (as on the appliance), a job runs as a uid of ``job
 that no other running job holds (``JobStore.claim`` allots it), with the same number as its only group:
 
 - the job's directory is 0700 to the server, except while the job runs: then its group is the job's gid and
-  its mode 0750, so the job passes through it and reads ``inputs/``; ``work/`` is the job's own (uid:gid);
+  its mode 0750, so the job passes through it and reads ``inputs/``; ``work/`` is the job's own (uid:gid,
+  readable by the API, which follows the progress file);
 - the rest of the data directory is closed to it: ``DATA_DIR`` and ``jobs/`` may be passed through but not
   listed (``o+x`` only), while uploads, the model repository and the job store have no access for others;
 - when the job ends, every process of its uid is killed, ``work/`` is handed to the server, the directory is
@@ -97,9 +98,11 @@ def open_job_dir(job: JobDir, identity: JobIdentity | None, jobs_dir: Path) -> N
     kill_processes_of(identity.uid)
     revoke_stale_grants(jobs_dir, identity.gid, keep=job.root)
     remove_temporary_leftovers(identity.uid)
-    for directory in (job.work, job.tmp, job.matplotlib):
+    # work/ is readable by others: the API (the directory's owner, maybe not root) follows the progress file
+    # there, and no other job can pass the directory above it. Its caches stay the job's own.
+    for directory, mode in ((job.work, 0o755), (job.tmp, 0o700), (job.matplotlib, 0o700)):
         os.chown(directory, identity.uid, identity.gid)
-        directory.chmod(0o750)
+        directory.chmod(mode)
     os.chown(job.root, -1, identity.gid)
     job.root.chmod(RUNNING_MODE)
 

@@ -23,8 +23,10 @@ from appliance.server.settings import Settings
 from tests.support.processes import free_port, running, stop
 
 REPO = Path(__file__).resolve().parents[2]
-# Jobs run as uids of this range when the tests run as root (as on the appliance's build machine).
-JOB_UIDS = range(61500, 61510)
+# Jobs run as uids of this range when the tests run as root (as on the appliance's build machine). A worker
+# kills whatever runs under a uid it gives out, so concurrent test sessions on one machine take their own ten.
+_FIRST_UID = 61100 + (os.getpid() % 88) * 10  # 61100-61989: above what a deployment here hands out first
+JOB_UIDS = range(_FIRST_UID, _FIRST_UID + 10)
 TINY_MODEL = {
     "layers": [{"type": "Dense", "units": 8, "activation": "relu"},
                {"type": "Dense", "units": 1, "activation": "sigmoid"}],

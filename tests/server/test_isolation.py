@@ -25,6 +25,7 @@ from appliance.server.publisher import BundleRefused, BundleRules, checked_copy
 from servicecore.errors import BadInputError
 from tests.server.conftest import (
     ENDLESS_PARAMS,
+    JOB_UIDS,
     TINY_PARAMS,
     api_process,
     follow_job,
@@ -244,12 +245,13 @@ def test_a_job_reaches_only_its_own_and_the_worker_publishes_it(data_dir, tmp_pa
         spy = submit(url, workflow(remote_samples, model="spy.py", name="higgs", params=TINY_PARAMS))
         done = follow_job(get, spy["id"], ("succeeded", "failed", "cancelled"), 400)
         log = requests.get(f"{url}/jobs/{spy['id']}/logs", headers=ALICE, timeout=30).text
+        assert get(sleeper["id"])["state"] == "running", get(sleeper["id"])  # still in the way, all along
         assert requests.delete(f"{url}/jobs/{sleeper['id']}", headers=ALICE, timeout=30).status_code == 202
         follow_job(get, sleeper["id"], ("cancelled",), 60)
     line = next((line for line in log.splitlines() if line.startswith("SPY ")), None)
     assert line is not None, log[-3000:]
     report = json.loads(line[4:])
-    assert 61500 <= report.pop("uid") < 61510
+    assert report.pop("uid") in JOB_UIDS
     assert report == {
         "other_inputs": "refused 13",
         "other_job": "refused 13",
