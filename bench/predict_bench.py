@@ -119,6 +119,7 @@ def main() -> None:
             n_workers=args.workers,
             threads_per_worker=1,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
             env={"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"},
         ) as cluster:
             running = PredictOptions(scheduler=cluster.scheduler_address)

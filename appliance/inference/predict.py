@@ -183,6 +183,9 @@ def dask_client(options: PredictOptions) -> Iterator[Any]:
             threads_per_worker=1,
             processes=options.processes,
             dashboard_address=None,
+            # The scheduler serves a small HTTP API even without a dashboard: on loopback, on a free port
+            # (8787 may be taken, and nothing of a user's run should listen beyond this machine).
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.CRITICAL,  # task errors reach the caller as exceptions
             **extra,
         ) as cluster,
