@@ -29,11 +29,32 @@ def tfaas_server(settings: Settings) -> GthreadServer:
 
         return create_app(settings)
 
-    extra: dict[str, Any] = {"child_exit": _child_exit}
+    extra: dict[str, Any] = {"child_exit": _child_exit, "post_worker_init": _serve_when_loaded}
     if settings.tls_cert:
         extra["certfile"], extra["keyfile"] = settings.tls_cert, settings.tls_key
     options = gthread_options(settings, proc_name="tfaas", **extra)
     return GthreadServer(factory, options)
+
+
+def _serve_when_loaded(worker: Any) -> None:
+    """A worker accepts connections only once its models are loaded (gunicorn's ``post_worker_init``).
+
+    The app's preload thread loads them; meanwhile this worker is not in the accept loop, so a replacement for
+    a killed worker never takes a request it would answer slowly, and the other workers take them all. The
+    heartbeat keeps the master from taking a long load for a hung worker.
+    """
+    plane = worker.wsgi.extensions["tfaas"]
+    while not plane.store.ready.wait(1.0):
+        worker.notify()
+
+
+def _import_tensorflow() -> None:
+    """Import TensorFlow in the master before it forks, so that a worker (a replacement above all) skips the
+    seconds of the import. Only the import: no TensorFlow op runs in the master, so the children's runtime
+    starts fresh after the fork."""
+    import tensorflow  # noqa: F401
+
+    import tfaas.api  # noqa: F401
 
 
 def _child_exit(server: Any, worker: Any) -> None:
@@ -82,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    if settings.preimport:
+        _import_tensorflow()
     try:
         tfaas_server(settings).run()
     finally:

@@ -61,7 +61,8 @@ class Settings(settings.LoadableSettings):
     max_upload_members: int = 10_000
     max_batch_rows: int = 100_000  # rows in one predict request
     reload_interval_s: float = 1.0  # how often each worker looks at the repository for changes
-    preload: bool = True  # each worker loads every model's latest version at start, before it reports ready
+    preload: bool = True  # each worker loads every model's latest version at start, then accepts requests
+    preimport: bool = True  # the gunicorn master imports TensorFlow before forking: new workers start in ~1 s
     numpy_engine: bool = True  # run dense-layer graphs with NumPy when they give the same numbers as TF
     tf_threads: int = 1  # TensorFlow intra/inter-op threads per worker; 0 lets TensorFlow decide
     batching: BatchingSettings = field(default_factory=BatchingSettings)

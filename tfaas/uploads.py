@@ -49,6 +49,9 @@ def stage_upload(store: ModelStore) -> tuple[str, int]:
         check_bundle(name, bundle_dir)
         _, version = store.repository.publish(bundle_dir, name)
     store.refresh(force=True)
+    # The uploader reads its own write: this worker puts the new version in place before answering (others
+    # keep serving the old one meanwhile); the other workers swap it in at their next rescan.
+    store.load_published(name, version)
     return name, version
 
 

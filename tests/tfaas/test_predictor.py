@@ -215,6 +215,8 @@ def test_changed_bundles_are_reloaded_and_memory_is_released(
         shutil.copytree(source, staging)
         shutil.rmtree(repo / "small" / "1")
         staging.rename(repo / "small" / "1")
+        store.get("small")  # the version loaded before answers while the changed one loads in the background
+        assert store.wait_for_loads(120)
         model = store.get("small")
         np.testing.assert_allclose(model.predict(x), v2 if i % 2 else v1, rtol=1e-5)
         del model
