@@ -2,12 +2,13 @@
 
 The job runs ``python -m appliance train ...`` as an argv list (never a shell) in its own directory::
 
-    prlimit --as=MEMORY --cpu=CPUS*WALL -- taskset --cpu-list CORES
+    prlimit --as=MEMORY --cpu=CPUS*WALL --fsize=MAX_BUNDLE -- taskset --cpu-list CORES
         setpriv --pdeathsig KILL [--reuid U --regid U --clear-groups] -- python -m appliance train ...
 
 ``setpriv`` drops to the job's own uid (``appliance.server.isolation``; only when the worker is root) and
 makes the kernel kill the job if its worker dies, so a killed worker never leaves an orphan training
-behind. ``prlimit`` caps the address space (the memory request) and CPU seconds (a backstop); ``taskset``
+behind. ``prlimit`` caps the address space (the memory request), CPU seconds (a backstop) and the size of
+any file the job writes (``max_bundle_bytes``; its log included); ``taskset``
 pins the job to as many cores as it asked for, and the thread pools of TensorFlow and BLAS are sized to
 match. Wall time is enforced by the worker's own timer (SIGTERM to the job's process group, SIGKILL after
 ``kill_grace_s``). PID 1 is not systemd on every host this runs on, so transient ``systemd-run`` scopes are
@@ -77,7 +78,9 @@ class JobRun:
         ]  # fmt: skip
         r = self.resources
         limits = [
-            "prlimit", f"--as={r.memory_mb * 1024 * 1024}", f"--cpu={r.cpus * r.wall_time_s + 60}", "--",
+            "prlimit", f"--as={r.memory_mb * 1024 * 1024}", f"--cpu={r.cpus * r.wall_time_s + 60}",
+            # No file the job writes (its log included) may outgrow the largest bundle it may make.
+            f"--fsize={self.settings.max_bundle_bytes}", "--",
             "taskset", "--cpu-list", _cpu_list(r.cpus),
         ]  # fmt: skip
         # setpriv comes last, so that it is the job's own parent-death signal it sets and the user switch

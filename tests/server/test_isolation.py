@@ -328,3 +328,18 @@ def test_what_a_uid_left_behind_is_swept(tmp_path):
     finally:
         for path in [*planted, mine]:
             path.unlink(missing_ok=True)
+
+
+@needs_root
+@pytest.mark.slow
+def test_no_file_a_job_writes_outgrows_the_bundle_limit(data_dir, tmp_path, remote_samples):
+    writer = b"import os\nwith open(os.environ['HOME'] + '/big', 'wb') as f:\n    f.write(bytes(3 << 20))\n"
+    with (
+        api_process(data_dir, tmp_path / "api.log") as url,
+        worker_process(data_dir, tmp_path / "w.log", *remote_samples.values(), max_bundle_bytes=1 << 20),
+    ):
+        upload(url, {"writer.py": writer + b"\ndef model(idim):\n    return None\n"})
+        job = submit(url, workflow(remote_samples, model="writer.py", name="writer"))
+        done = follow_job(http_getter(url, "alice"), job["id"], ("succeeded", "failed", "cancelled"), 300)
+    assert done["state"] == "failed" and "File too large" in done["error"], done["error"]
+    assert (data_dir / "jobs" / job["id"] / "work" / "big").stat().st_size <= 1 << 20
