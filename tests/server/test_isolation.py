@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,29 @@ def test_no_file_a_job_writes_outgrows_the_bundle_limit(data_dir, tmp_path, remo
         done = follow_job(http_getter(url, "alice"), job["id"], ("succeeded", "failed", "cancelled"), 300)
     assert done["state"] == "failed" and "File too large" in done["error"], done["error"]
     assert (data_dir / "jobs" / job["id"] / "work" / "big").stat().st_size <= 1 << 20
+
+
+@needs_root
+@pytest.mark.slow
+def test_a_job_waits_queued_while_every_uid_is_busy(data_dir, tmp_path, remote_samples):
+    one_uid = f"{JOB_UIDS[0]}-{JOB_UIDS[0]}"
+    with (
+        api_process(data_dir, tmp_path / "api.log") as url,
+        worker_process(
+            data_dir, tmp_path / "w.log", *remote_samples.values(), max_concurrent_jobs=2, job_uids=one_uid
+        ),
+    ):
+        get = http_getter(url, "alice")
+        upload(url, {"sleeper.py": SLEEPER.encode()})
+        sleeping = {"model": "sleeper.py", "params": ENDLESS_PARAMS}
+        first = submit(url, workflow(remote_samples, name="first", **sleeping))
+        follow_job(get, first["id"], ("running",), 120)
+        second = submit(url, workflow(remote_samples, name="second", **sleeping))
+        time.sleep(8)  # a free worker thread took it, found no free uid and put it back for later
+        assert get(second["id"])["state"] == "queued"
+        assert "waits: all 1 job uids are in use" in (tmp_path / "w.log").read_text()
+        requests.delete(f"{url}/jobs/{first['id']}", headers=ALICE, timeout=30)
+        follow_job(get, first["id"], ("cancelled",), 60)
+        follow_job(get, second["id"], ("running",), 60)
+        requests.delete(f"{url}/jobs/{second['id']}", headers=ALICE, timeout=30)
+        follow_job(get, second["id"], ("cancelled",), 60)
