@@ -8,6 +8,7 @@ are answered here, so that the rest of the data layer never asks which one it ho
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,8 @@ def iterate(
             entry_start += len(next(iter(arrays.values()))) if arrays else 0
     except (OSError, TimeoutError) as err:
         raise BadInputError(f"reading {url!r} failed: {_first_line(err)}") from None
+    except (zlib.error, uproot.deserialization.DeserializationError) as err:
+        raise BadInputError(f"{url!r} is damaged: {_first_line(err)}") from None
 
 
 def entry_shares(entries: list[int], nevts: int) -> list[int]:

@@ -137,3 +137,40 @@ def test_an_unreachable_scheduler_is_a_clear_error(trained, tmp_path):
             PredictOptions(scheduler=address),
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_file_leaves_no_friend_tree_at_all(trained, tmp_path):
+    data = bytearray(trained.inputs["ttree"]["background"].read_bytes())
+    data[len(data) // 3 : len(data) * 2 // 3] = bytes(
+        len(data) // 3
+    )  # zeroes over the baskets, not the header
+    damaged = tmp_path / "damaged.root"
+    damaged.write_bytes(bytes(data))
+    files = [str(trained.inputs["ttree"]["signal"]), str(damaged)]
+    with pytest.raises(BadInputError, match=r"damaged\.root' is damaged"):
+        run_predict(files, trained.bundle, tmp_path / "out", THREADS)
+    assert list((tmp_path / "out").iterdir()) == []  # not even the good file's friend, nor the staging folder
+
+
+def test_a_destination_the_server_refuses_is_named_and_left_clean(trained, xrootd, tmp_path):
+    locked = xrootd.data_dir / "locked"
+    locked.mkdir(mode=0o755, exist_ok=True)  # owned by root: the xrootd user cannot write there
+    files = [str(trained.inputs["ttree"]["signal"])]
+    with pytest.raises(
+        BadInputError, match=r"copying the friend tree to 'root://.*/locked/signal_scores.root'"
+    ):
+        run_predict(files, trained.bundle, xrootd.proxy_url("locked"), THREADS)
+    assert list(locked.iterdir()) == []
+
+
+def test_files_renamed_into_place_are_taken_back_when_a_later_one_fails(tmp_path):
+    from appliance.inference.friends import Destination
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "a_scores.root").write_bytes(b"root")
+    destination = Destination.parse(str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileNotFoundError):
+        destination.commit(staging, ["a_scores.root", "b_scores.root"])
+    assert list((tmp_path / "out").iterdir()) == []
