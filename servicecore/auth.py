@@ -39,7 +39,8 @@ from typing import Any
 import flask
 import jwt
 
-from servicecore.errors import BadInputError
+from servicecore.errors import BadInputError, ForbiddenError, UnauthorizedError, UnavailableError
+from servicecore.http import error_response
 from servicecore.naming import owner_namespace, owns
 from servicecore.settings import coerce_fields
 
@@ -172,16 +173,7 @@ class Identity:
         return owner_namespace(self.username)
 
 
-class AuthError(Exception):
-    """A refused request: ``status`` is 401 (who are you?) or 403 (you may not)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class IssuerUnavailableError(Exception):
+class IssuerUnavailableError(UnavailableError):
     """The issuer's discovery document or keys cannot be fetched: a token is neither accepted nor refused."""
 
 
@@ -232,7 +224,7 @@ class _Issuer:
             raise IssuerUnavailableError(f"cannot fetch the keys of {self.url}: {err}") from None
         except jwt.PyJWKClientError as err:
             # PyJWKClient already re-fetched the key set once for an unknown kid (key rotation).
-            raise AuthError(401, f"token signed with a key the issuer does not publish: {err}") from None
+            raise UnauthorizedError(f"token signed with a key the issuer does not publish: {err}") from None
 
     def _client(self) -> jwt.PyJWKClient:
         with self._lock:
@@ -275,7 +267,8 @@ class TokenVerifier:
         self._issuers = [_Issuer(url, settings, context) for url in settings.issuers]
 
     def verify(self, token: str) -> Identity:
-        """The caller's identity, or ``AuthError``: 401 for a bad token, 403 for a good one not allowed in."""
+        """The caller's identity; ``UnauthorizedError`` for a bad token, ``ForbiddenError`` for a good one
+        outside the access policy."""
         claims = self.claims(token)
         identity = self._identity(claims)
         self.authorise(identity)
@@ -286,17 +279,17 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as err:
-            raise AuthError(401, f"malformed bearer token: {err}") from None
+            raise UnauthorizedError(f"malformed bearer token: {err}") from None
         algorithm = header.get("alg")
         if algorithm not in self.settings.algorithms:
-            raise AuthError(401, f"token algorithm {algorithm!r} is not accepted")
+            raise UnauthorizedError(f"token algorithm {algorithm!r} is not accepted")
         issuer_claim = unverified.get("iss")
         issuer = next(
             (i for i in self._issuers if isinstance(issuer_claim, str) and _same_issuer(i.url, issuer_claim)),
             None,
         )
         if issuer is None:
-            raise AuthError(401, f"token issuer {issuer_claim!r} is not accepted")
+            raise UnauthorizedError(f"token issuer {issuer_claim!r} is not accepted")
         key = issuer.signing_key(token)
         try:
             return jwt.decode(
@@ -309,18 +302,18 @@ class TokenVerifier:
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            raise AuthError(401, "token has expired") from None
+            raise UnauthorizedError("token has expired") from None
         except jwt.ImmatureSignatureError:
-            raise AuthError(401, "token is not valid yet (nbf or iat in the future)") from None
+            raise UnauthorizedError("token is not valid yet (nbf or iat in the future)") from None
         except jwt.InvalidAudienceError:
-            raise AuthError(401, "token audience is not accepted") from None
+            raise UnauthorizedError("token audience is not accepted") from None
         except jwt.InvalidTokenError as err:
-            raise AuthError(401, f"invalid token: {err}") from None
+            raise UnauthorizedError(f"invalid token: {err}") from None
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
-            raise AuthError(401, "token has no subject")
+            raise UnauthorizedError("token has no subject")
         username = claims.get(self.settings.username_claim)
         if not isinstance(username, str) or not username:
             username = sub
@@ -338,10 +331,10 @@ class TokenVerifier:
 
     def authorise(self, identity: Identity) -> None:
         if self.settings.owner_sub is not None and identity.sub != self.settings.owner_sub:
-            raise AuthError(403, "this appliance is reserved to its owner")
+            raise ForbiddenError("this appliance is reserved to its owner")
         allowed = {_normalise_group(g) for g in self.settings.allowed_groups}
         if allowed and not allowed.intersection(identity.groups):
-            raise AuthError(403, f"membership of one of the groups {sorted(allowed)} is required")
+            raise ForbiddenError(f"membership of one of the groups {sorted(allowed)} is required")
 
 
 def _claim(claims: Mapping[str, Any], name: str) -> Any:
@@ -400,7 +393,7 @@ def install_auth(
     ``settings`` must have a decided mode (``AuthSettings.for_bind``): the bind address, which decides it, is
     the service's. ``public_paths`` and ``loopback_paths`` are the app's own glob patterns (health,
     metrics); the settings may add more. Refusals are JSON: 401 with ``WWW-Authenticate: Bearer`` or 403,
-    also for ``AuthError`` raised in a view (``require_owner``).
+    also for ``UnauthorizedError``/``ForbiddenError`` raised in a view (``require_owner``).
     """
     settings = AuthSettings.from_mapping(settings)
     if settings.mode == AUTO:
@@ -419,7 +412,8 @@ def install_auth(
     local = Identity(sub=settings.local_user, username=settings.local_user, groups=settings.local_groups)
     app.extensions["auth"] = verifier
     app.extensions["auth_settings"] = settings
-    app.register_error_handler(AuthError, _refusal)
+    app.register_error_handler(UnauthorizedError, _refusal)
+    app.register_error_handler(ForbiddenError, _refusal)
 
     @app.before_request
     def _authenticate() -> flask.Response | None:
@@ -434,13 +428,13 @@ def install_auth(
                 return None
             token = bearer_token(request)
             if token is None:
-                raise AuthError(401, "a bearer token is required (Authorization: Bearer <token>)")
+                raise UnauthorizedError("a bearer token is required (Authorization: Bearer <token>)")
             flask.g.identity = verifier.verify(token)
-        except AuthError as err:
+        except (UnauthorizedError, ForbiddenError) as err:
             return _refusal(err)
         except IssuerUnavailableError as err:
             log.error("token not verified: %s", err)
-            return _json_error(503, "the identity provider cannot be reached; try again later")
+            return error_response(503, "the identity provider cannot be reached; try again later")
         return None
 
 
@@ -451,9 +445,9 @@ def _demo_identity(settings: AuthSettings, local: Identity, request: flask.Reque
     if name is None:
         if _from_loopback_directly(request):
             return local  # someone on this host, not through oauth2-proxy: the local demo user
-        raise AuthError(401, "a proxied request must carry X-Forwarded-User (trusted-header-demo)")
+        raise UnauthorizedError("a proxied request must carry X-Forwarded-User (trusted-header-demo)")
     if len(name) > MAX_USERNAME_LENGTH or not name.isprintable():
-        raise AuthError(401, "the X-Forwarded-User name is too long or not printable")
+        raise UnauthorizedError("the X-Forwarded-User name is too long or not printable")
     return Identity(sub=name, username=name)
 
 
@@ -466,15 +460,16 @@ def require_owner(name: str) -> None:
     """Refuse (403) a change to ``name`` unless the caller owns it, in every mode (the demo user too)."""
     identity = current_identity()
     if identity is None:
-        raise AuthError(401, "this call needs an authenticated user")
+        raise UnauthorizedError("this call needs an authenticated user")
     if not owns(identity.username, name):
-        raise AuthError(
-            403, f"{name!r} is not in your namespace: use names starting with '{identity.namespace}.'"
+        raise ForbiddenError(
+            f"{name!r} is not in your namespace: use names starting with '{identity.namespace}.'"
         )
 
 
-def _refusal(err: AuthError) -> flask.Response:
-    response = _json_error(err.status, err.message)
+def _refusal(err: UnauthorizedError | ForbiddenError) -> flask.Response:
+    """The one error body, with the ``WWW-Authenticate`` challenge RFC 6750 asks of a bearer-token server."""
+    response = error_response(err.status, err.message)
     if err.status == 401:
         code = "invalid_token" if "required" not in err.message else "invalid_request"
         description = err.message.replace('"', "'")
@@ -484,19 +479,12 @@ def _refusal(err: AuthError) -> flask.Response:
     return response
 
 
-def _json_error(status: int, message: str) -> flask.Response:
-    response = flask.jsonify({"error": message, "status": status})
-    response.status_code = status
-    return response
-
-
 __all__ = [
     "AUTO",
     "DEMO_MODES",
     "LOCAL_DEMO",
     "OIDC",
     "TRUSTED_HEADER_DEMO",
-    "AuthError",
     "AuthSettings",
     "Identity",
     "IssuerUnavailableError",
