@@ -102,17 +102,21 @@ class Destination:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A private directory beside the output (same file system, so renames are atomic), always removed."""
+        """A private directory beside the output (same file system, so renames are atomic), always removed;
+        an output directory made for this run is removed too if the run fails."""
+        created = self.local is not None and not self.local.exists()
         if self.local is not None:
             self.local.mkdir(parents=True, exist_ok=True)
-            where = self.local
-        else:
-            where = None
-        staging = Path(tempfile.mkdtemp(prefix=".predict-", dir=where))
+        staging = Path(tempfile.mkdtemp(prefix=".predict-", dir=self.local))
         try:
             yield staging
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if created and self.local is not None:
+                with contextlib.suppress(OSError):
+                    self.local.rmdir()  # only if empty
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
 
     def commit(self, staging: Path, names: Sequence[str]) -> None:
         """Move the finished files into place; on a failure, those already moved are removed again."""
