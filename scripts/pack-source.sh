@@ -9,8 +9,10 @@ if [[ -e .git ]]; then
   git ls-files -z --cached --others --exclude-standard \
     | tar --null --verbatim-files-from --files-from=- --ignore-failed-read --sort=name -czf "$out"
 else
-  # tar reads .gitignore files only in part, so its patterns are spelled out (tests/test_scripts.py compares).
-  tar --exclude-vcs --exclude=./.venv --exclude=__pycache__ --exclude='*.pyc' --exclude=.pytest_cache \
-    --exclude=.ruff_cache --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=./.cache \
-    --exclude=./.work --exclude=.gl --exclude=.whl --sort=name -czf "$out" .
+  # tar reads .gitignore files only in part: it follows the simple ones that tools leave in their caches
+  # (.hypothesis/, .ruff_cache/: '*'), and the top one's patterns are spelled out (tests/test_scripts.py
+  # compares the result with git's).
+  tar --exclude-vcs --exclude-vcs-ignores --exclude=./.venv --exclude=__pycache__ --exclude='*.pyc' \
+    --exclude=.pytest_cache --exclude=.ruff_cache --exclude=./build --exclude=./dist --exclude='*.egg-info' \
+    --exclude=./.cache --exclude=./.work --exclude=.gl --exclude=.whl --sort=name -czf "$out" .
 fi

@@ -192,9 +192,12 @@ def packed_names(tree: Path, out: Path) -> set[str]:
 
 def test_the_source_packs_the_same_files_with_and_without_git(private_copy: Path, tmp_path: Path) -> None:
     # A downloaded tarball has no .git; what .gitignore names must stay out all the same.
-    for junk in (".venv/bin/python", "appliance/__pycache__/x.pyc", "build/lib/x.py", "x.egg-info/PKG-INFO"):
-        (private_copy / junk).parent.mkdir(parents=True, exist_ok=True)
-        (private_copy / junk).write_text("junk")
+    junk = [".venv/bin/python", "appliance/__pycache__/x.pyc", "build/lib/x.py", "x.egg-info/PKG-INFO"]
+    # A tool's cache that ignores itself, as .hypothesis/ and .ruff_cache/ do.
+    junk += [".toolcache/.gitignore", ".toolcache/data"]
+    for name in junk:
+        (private_copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (private_copy / name).write_text("*\n" if name.endswith(".gitignore") else "junk")
     from_git = packed_names(REPO, tmp_path / "git.tar.gz")
     without_git = packed_names(private_copy, tmp_path / "copy.tar.gz")
     assert "scripts/pack-source.sh" in without_git
