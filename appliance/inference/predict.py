@@ -12,6 +12,7 @@ The one call for a job runner is :func:`run_predict` (files, bundle directory, o
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -87,21 +88,17 @@ def run_predict(
         report({"stage": "predict", "files": len(files), "events": total, "done": 0})
         with destination.staging() as staging:
             results, done = [], 0
+            jobs = [
+                (check.url, start, min(start + options.task_entries, check.entries))
+                for check in checks
+                for start in range(0, check.entries, options.task_entries)
+            ]
+            scored = _Window(client, jobs, str(bundle.path), tree, options.step, _window_size(client))
             for check, name in zip(checks, names, strict=True):
-                ranges = [
-                    client.submit(
-                        score_range,
-                        str(bundle.path),
-                        check.url,
-                        tree,
-                        start,
-                        min(start + options.task_entries, check.entries),
-                        options.step,
-                        pure=False,
-                    )
-                    for start in range(0, check.entries, options.task_entries)
-                ]
-                written = friends.write_friend(staging / name, check.entries, score_names, _in_order(ranges))
+                n_ranges = -(-check.entries // options.task_entries)
+                written = friends.write_friend(
+                    staging / name, check.entries, score_names, scored.take(n_ranges)
+                )
                 done += written["entries"]
                 report({"stage": "predict", "files": len(files), "events": total, "done": done})
                 results.append({"input": check.url, "friend": name, **written})
@@ -127,13 +124,46 @@ def run_predict(
     return summary
 
 
-def _in_order(futures: list[Any]) -> Iterator[Any]:
-    for future in futures:
-        yield future.result()
+class _Window:
+    """Scoring tasks over all files, submitted a few ahead of the one being written and taken in order.
+
+    Every worker stays busy across file boundaries (one small file per task would otherwise run one at a
+    time), while results not yet written stay bounded by the window rather than by the data set.
+    """
+
+    def __init__(
+        self, client: Any, jobs: list[tuple[str, int, int]], bundle: str, tree: str, step: int, size: int
+    ) -> None:
+        self.client, self.bundle, self.tree, self.step = client, bundle, tree, step
+        self.pending = iter(jobs)
+        self.futures: collections.deque[Any] = collections.deque()
+        for _ in range(size):
+            self._submit_next()
+
+    def _submit_next(self) -> None:
+        job = next(self.pending, None)
+        if job is not None:
+            url, start, stop = job
+            self.futures.append(
+                self.client.submit(
+                    score_range, self.bundle, url, self.tree, start, stop, self.step, pure=False
+                )
+            )
+
+    def take(self, count: int) -> Iterator[Any]:
+        for _ in range(count):
+            future = self.futures.popleft()
+            self._submit_next()
+            yield future.result()
+
+
+def _window_size(client: Any) -> int:
+    """Two tasks per worker thread in flight: one running, one queued behind it."""
+    return max(4, 2 * _engine(client)["threads"])
 
 
 def _engine(client: Any) -> dict[str, Any]:
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if client.scheduler_info else {}
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
     return {"workers": len(workers), "threads": sum(w.get("nthreads", 0) for w in workers.values())}
 
 
