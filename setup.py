@@ -3,6 +3,8 @@
 ``packaging/mlaas4hep_tensorflow_local_symbols.pth`` goes to the top of site-packages, where Python reads it
 at start-up: it keeps TensorFlow's BoringSSL symbols out of the process-wide namespace so that the XRootD
 bindings load in any order (the file says why). A ``.pth`` is the one place that runs before a user's imports.
+Editable installs do not carry it (setuptools links packages only), which is one reason scripts/bootstrap.sh
+installs the checkout as a wheel; tests/test_import_order.py names a venv that lacks it.
 """
 
 from __future__ import annotations
