@@ -12,11 +12,13 @@ easier to audit read together.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -28,6 +30,7 @@ from werkzeug.utils import secure_filename
 from appliance.data.workflow import URL_SCHEMES, load_workflow
 from appliance.server.context import job_queue
 from appliance.server.jobdir import INCOMING, PRIVATE_MODE, JobDir
+from appliance.server.network import parse_endpoints
 from appliance.server.openapi import RequestBody
 from appliance.server.queue import new_job_id
 from appliance.server.resources import Resources
@@ -259,10 +262,9 @@ def _write_model(value: Any, upload: Path | None, job: JobDir) -> str:
 
 
 def _check_urls(urls: list[str]) -> None:
-    """Stat every XRootD input now, so an unreadable URL is a 400 instead of a failed job later."""
+    """Stat every XRootD input now, so an unreadable URL is a 400 instead of a failed job later; and refuse
+    one that names a server the job will not be able to reach from its network namespace."""
     settings = job_queue().settings
-    if not settings.check_urls:
-        return
     remote = [url for url in urls if url.startswith(XROOTD_SCHEMES)]
     if not remote:
         return
@@ -272,11 +274,35 @@ def _check_urls(urls: list[str]) -> None:
         parsed = URL(url)
         if not parsed.is_valid():
             raise BadInputError(f"input URL {url!r} is not a valid XRootD URL")
+        # Like the worker, which isolates jobs only when it is root: an API that is not root is taken to
+        # serve workers that are not either (the Ansible role's units today), whose jobs share the network.
+        if settings.job_network == "isolated" and os.geteuid() == 0:
+            _check_reachable(url, parsed.hostname.strip("[]"), parsed.port, settings.job_network_allow)
+    if not settings.check_urls:
+        return
+    for url in remote:
+        parsed = URL(url)
         status, _ = FileSystem(f"{parsed.protocol}://{parsed.hostid}").stat(
             parsed.path_with_params, timeout=settings.url_check_timeout_s
         )
         if not status.ok:
             raise BadInputError(f"cannot read input {url!r}: {status.message.strip()}")
+
+
+def _check_reachable(url: str, host: str, port: int, allow: str) -> None:
+    """Jobs reach only ``job_network_allow`` (``appliance.server.network``): the URL must name one of them."""
+    allowed = {(ipaddress.ip_address(e.address), e.port) for e in parse_endpoints(allow)}
+    try:
+        addresses = {
+            ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        }
+    except (OSError, ValueError):
+        addresses = set()
+    if not any((address, port) in allowed for address in addresses):
+        raise BadInputError(
+            f"input URL {url!r} names a server that jobs cannot reach: read it through the XRootD proxy "
+            f"(jobs reach only {allow})"
+        )
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -41,6 +41,9 @@ def server_env(data_dir: Path, **settings: object) -> dict[str, str]:
     env = {
         "MLAAS4HEP_DATA_DIR": str(data_dir),
         "MLAAS4HEP_JOB_UIDS": f"{JOB_UIDS[0]}-{JOB_UIDS[-1]}",
+        # The XRootD servers of the tests listen on random ports: an API or a worker told which ones (see
+        # worker_process) checks URLs and isolates jobs against them; otherwise jobs share the network.
+        "MLAAS4HEP_JOB_NETWORK": "host",
         "MLAAS4HEP_HEARTBEAT_S": "1",
         "MLAAS4HEP_STALE_AFTER_S": "60",
         "MLAAS4HEP_KILL_GRACE_S": "5",
@@ -120,6 +123,7 @@ def worker_process(
     """``python -m appliance worker``, ready once it logs that it consumes the queue; its jobs may reach the
     servers of ``reachable_urls`` (the XRootD proxy) and nothing else."""
     if reachable_urls:
+        settings.setdefault("job_network", "isolated")
         settings.setdefault("job_network_allow", reachable(*reachable_urls))
     argv = [sys.executable, "-m", "appliance", "worker", "--data-dir", str(data_dir)]
     with log.open("ab") as out:

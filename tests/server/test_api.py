@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from servicecore.naming import owner_namespace
-from tests.server.conftest import TINY_MODEL, TINY_PARAMS, tar_gz, workflow
+from tests.server.conftest import TINY_MODEL, TINY_PARAMS, reachable, tar_gz, workflow
 
 ALICE = {"X-Forwarded-User": "alice"}
 BOB = {"X-Forwarded-Email": "bob@example.org"}
@@ -88,6 +89,20 @@ def test_unreadable_root_urls_are_refused_at_submission(client, xrootd, remote_s
     assert_error(submit(client, body), 400, "cannot read input", "does-not-exist.root")
     dead = workflow(remote_samples, files=[remote_samples["signal"], "root://127.0.0.1:1//x.root"])
     assert_error(submit(client, dead), 400, "cannot read input", "127.0.0.1:1")
+
+
+def test_urls_jobs_cannot_reach_are_refused_at_submission(make_app, xrootd, remote_samples):
+    client = make_app(job_network="isolated", job_network_allow=reachable(remote_samples["signal"]))
+    assert submit(client, workflow(remote_samples)).status_code == 201  # through the proxy: allowed
+    unreachable = "names a server that jobs cannot reach"
+    origin = xrootd.origin_url("server/signal.root")
+    for url in (origin, "root://eospublic.cern.ch//eos/opendata/x.root", "root://localhost:1//x.root"):
+        body = workflow(remote_samples, files=[remote_samples["signal"], url])
+        assert_error(submit(client, body), 400, unreachable, url)
+    # "localhost" is the proxy's loopback address too.
+    port = urlsplit(remote_samples["signal"]).port
+    local = workflow(remote_samples, files=[f"root://localhost:{port}//server/signal.root"] * 2)
+    assert submit(client, local).status_code == 201
 
 
 def test_a_model_file_that_fails_to_import(client, remote_samples):
