@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 ALLOWED: dict[str, set[str]] = {
     "servicecore": set(),
     "mlaas4hep_client": set(),
+    # Test, demo and bench helpers (real servers on loopback): installed, and independent of the services.
+    "mlaas4hep_devtools": set(),
     "appliance.data": {"servicecore"},
     "appliance.training": {"servicecore", "appliance.data"},
     # Batch inference applies a trained bundle to whole datasets: it reads like training does.
@@ -31,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     # TFaaS serves raw-branch requests through the data layer's FeatureSpec; it knows nothing of training.
     "tfaas": {"servicecore", "appliance.data", "appliance"},
 }
-PROJECT = ("servicecore", "mlaas4hep_client", "appliance", "tfaas")
+PROJECT = ("servicecore", "mlaas4hep_client", "mlaas4hep_devtools", "appliance", "tfaas")
 
 
 def layer_of(module: str) -> str | None:
