@@ -273,12 +273,14 @@ class ModelStore:
         """Load every model in the background, so the worker answers health probes meanwhile."""
         threading.Thread(target=self.load_latest, name="tfaas-preload", daemon=True).start()
 
-    def load_published(self, name: str, version: int) -> None:
-        """Load a version just published by this worker and put it in place, in the calling thread."""
+    def install_published(self, model: LoadedModel, name: str, version: int) -> None:
+        """Serve ``model``, built from a bundle before it was published, as the version just published."""
         try:
-            self._load_now(self.bundle(name, version))
+            model.bundle = self.bundle(name, version)
         except ServiceError as err:  # deleted meanwhile: nothing to serve
             log.warning("cannot serve %s version %d just published: %s", name, version, err)
+            return
+        self._install(model)
 
     def wait_for_loads(self, timeout: float) -> bool:
         """Wait until no background load is queued or running (tests, benchmarks); False on timeout."""
@@ -317,7 +319,7 @@ class ModelStore:
             bundle = self._queue.get()
             key = (bundle.name, bundle.version)
             try:
-                self._install(self._build(bundle))
+                self._install(self.build(bundle))
             except Exception as err:  # a broken bundle on disk: the version it would replace keeps serving
                 log.warning("cannot load %s version %d: %s", bundle.name, bundle.version, err)
                 with self._lock:
@@ -335,14 +337,18 @@ class ModelStore:
             model = self._loaded.get(key)
             if model is not None and model.bundle.fingerprint == bundle.fingerprint:
                 return model
-            model = self._build(bundle)
+            model = self.build(bundle)
             self._install(model)
         return model
 
-    def _build(self, bundle: Bundle) -> LoadedModel:
+    def build(self, bundle: Bundle) -> LoadedModel:
         """Load and warm up: the model answers one prediction before any request can reach it."""
         model = load_model(bundle, self.settings.numpy_engine, self.settings.tf_threads)
-        model.run(np.zeros((1, model.dim), dtype=np.float32))
+        try:
+            model.run(np.zeros((1, model.dim), dtype=np.float32))
+        except Exception as err:  # TensorFlow raises many types
+            failure = first_line(err)
+            raise BadInputError(f"model {bundle.name!r} fails its warm-up prediction: {failure}") from None
         batching = self.settings.batching
         if batching.enabled and (model.engine == "tensorflow" or batching.numpy_models):
             model.batcher = Batcher(

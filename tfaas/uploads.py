@@ -15,7 +15,7 @@ from servicecore.auth import require_owner
 from servicecore.errors import BadInputError, UnsupportedMediaTypeError
 from servicecore.naming import check_name
 from servicecore.safetar import extract_archive
-from tfaas.predictor import ModelStore, load_model
+from tfaas.predictor import LoadedModel, ModelStore
 from tfaas.repository import SAVED_MODEL, read_bundle
 from tfaas.settings import Settings
 
@@ -46,12 +46,13 @@ def stage_upload(store: ModelStore) -> tuple[str, int]:
                 "or a (gzipped) tar bundle",
             )
         require_owner(name)  # before loading the model: a refusal costs nothing
-        check_bundle(name, bundle_dir)
+        model = check_bundle(name, bundle_dir, store)
         _, version = store.repository.publish(bundle_dir, name)
     store.refresh(force=True)
-    # The uploader reads its own write: this worker puts the new version in place before answering (others
-    # keep serving the old one meanwhile); the other workers swap it in at their next rescan.
-    store.load_published(name, version)
+    # The uploader reads its own write: this worker puts the model it checked in place as the new version
+    # before answering (others keep serving the old one meanwhile); the other workers swap it in at their
+    # next rescan.
+    store.install_published(model, name, version)
     return name, version
 
 
@@ -112,8 +113,12 @@ def _single_folder(path: Path) -> Path:
     raise BadInputError(f"the model archive holds no {SAVED_MODEL}")
 
 
-def check_bundle(name: str, bundle_dir: Path) -> None:
-    """Refuse an upload that could not be served: nothing reaches the repository unless this passes."""
+def check_bundle(name: str, bundle_dir: Path, store: ModelStore) -> LoadedModel:
+    """Refuse an upload that could not be served: nothing reaches the repository unless this passes.
+
+    The model is loaded and warmed up as the store would serve it, and returned, so that the worker that
+    took the upload serves it without loading it a second time.
+    """
     if not (bundle_dir / SAVED_MODEL).is_file():
         raise BadInputError(f"the bundle has no {SAVED_MODEL}")
     if not (bundle_dir / "params.json").is_file():
@@ -122,6 +127,7 @@ def check_bundle(name: str, bundle_dir: Path) -> None:
     declared = bundle.params.get("name")
     if declared not in (None, name):
         raise BadInputError(f"params.json names the model {declared!r}, but the upload is {name!r}")
-    model = load_model(bundle, numpy_engine=False)
+    model = store.build(bundle)
     if model.bundle.params.get("features"):
         _ = model.features  # raises if the spec is malformed or does not fit the SavedModel
+    return model
