@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,11 @@ def tfaas_server(settings: Settings) -> GthreadServer:
 
         return create_app(settings)
 
-    extra: dict[str, Any] = {"child_exit": _child_exit, "post_worker_init": _serve_when_loaded}
+    extra: dict[str, Any] = {
+        "child_exit": _child_exit,
+        "post_worker_init": _serve_when_loaded,
+        "pre_request": _connection_cap(settings.connection_max_requests),
+    }
     if settings.tls_cert:
         extra["certfile"], extra["keyfile"] = settings.tls_cert, settings.tls_key
     options = gthread_options(settings, proc_name="tfaas", **extra)
@@ -46,6 +50,24 @@ def _serve_when_loaded(worker: Any) -> None:
     plane = worker.wsgi.extensions["tfaas"]
     while not plane.store.ready.wait(1.0):
         worker.notify()
+
+
+def _connection_cap(max_requests: int) -> Callable[[Any, Any], None]:
+    """gunicorn's ``pre_request``: answer a kept-alive connection's ``max_requests``-th request with
+    ``Connection: close``.
+
+    The workers share one listening socket, and a client's kept-alive connection stays with the worker that
+    accepted it. When a worker dies, its clients reconnect to the survivors, which then hold every connection:
+    the replacement would get none until clients reconnect. Closing each connection after a number of
+    requests (about 2 s of a busy client here) spreads them over the workers again, the replacement included,
+    at the cost of one loopback handshake per ``max_requests`` requests. 0 switches it off.
+    """
+
+    def pre_request(worker: Any, request: Any) -> None:
+        if max_requests and request.req_number >= max_requests:
+            request.must_close = True
+
+    return pre_request
 
 
 def _import_tensorflow() -> None:

@@ -56,6 +56,7 @@ class Settings(settings.LoadableSettings):
     workers: int = 2
     threads: int = 8
     timeout_s: int = 60
+    connection_max_requests: int = 100  # a kept-alive connection is closed after this many: workers rebalance
     max_body_bytes: int = 16 * MiB  # predict requests
     max_upload_bytes: int = 512 * MiB  # the upload body, and separately the unpacked archive
     max_upload_members: int = 10_000

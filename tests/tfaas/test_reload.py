@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import requests
 
 from servicecore.publishing import publish
 from tests.tfaas.bundles import reference_predict
@@ -201,3 +202,11 @@ def test_a_killed_worker_is_replaced_by_one_that_serves_the_current_models_at_on
     # The replacement's very first answer comes from a worker that has the current models loaded.
     wanted = {"small/2", "legacy/1", "tfonly/1", "alice.raw/1"}
     assert wanted <= set(replacement["loaded_in_worker"]), replacement["loaded_in_worker"]
+
+
+def test_kept_alive_connections_are_closed_after_a_number_of_requests(two_workers: TfaasServer) -> None:
+    """So that clients reconnect, and spread over the workers again (a replacement worker included)."""
+    with requests.Session() as session:
+        answers = [session.get(two_workers.url + "/v2/health/live", timeout=60) for _ in range(100)]
+    assert all(a.status_code == 200 for a in answers)
+    assert [a.headers.get("Connection") for a in answers[98:]] == ["keep-alive", "close"]
