@@ -182,7 +182,8 @@ Median of {args.rounds} interleaved rounds (raw read, then the three ways to pre
 A local cluster of processes pays, at every call, each worker's start and TensorFlow import; threads share the
 calling process's (TensorFlow, uproot's decompression and NumPy run outside the GIL), hence the default. On a
 running cluster (`--scheduler`) only the reading, the transformation, the model and the writing remain.
-The machine's load average at the end was {os.getloadavg()[0]:.2f} (other work shares its cores).
+The machine's load average at the end was {os.getloadavg()[0]:.2f} (other work shares its cores): when it is high, rounds vary widely, as the
+ranges show; compare figures from a quiet machine.
 """
 
 
