@@ -8,12 +8,13 @@ import flask
 import orjson
 from flask import Response, request
 
+from appliance.server.housekeeping import job_expiry
 from appliance.server.identity import current_owner
 from appliance.server.jobdir import JOB_ID, PLOTS, JobDir
 from appliance.server.progress import read_progress
 from appliance.server.queue import JobQueue
 from appliance.server.settings import Settings
-from appliance.server.store import SUCCEEDED, Job
+from appliance.server.store import SUCCEEDED, Job, iso
 from servicecore.errors import BadInputError, ConflictError, NotFoundError
 
 SERVER_NAME = "mlaas4hep"
@@ -66,6 +67,7 @@ def job_view(job: Job, progress: bool = True) -> dict[str, Any]:
         links["model"] = f"/jobs/{job.id}/model"
         links.update({f"plot_{name}": f"/jobs/{job.id}/plots/{name}.png" for name in PLOTS})
     view["links"] = links
+    view["expires"] = iso(job_expiry(settings(), job))  # when housekeeping deletes it (null: kept)
     return view
 
 

@@ -1,4 +1,4 @@
-"""The ``/jobs`` resource: submit, list, read and cancel the caller's jobs."""
+"""The ``/jobs`` resource: submit, list, read, cancel and delete the caller's jobs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import flask
 from flask import Response, request
 
 from appliance.server.context import job_queue, job_view, json_response, own_job
+from appliance.server.housekeeping import delete_job
 from appliance.server.identity import current_owner
 from appliance.server.openapi import json_content, operation, path_parameter, query_parameter
 from appliance.server.store import STATES
@@ -15,6 +16,10 @@ from servicecore.http import int_arg
 
 JOB_REF = {"$ref": "#/components/schemas/Job"}
 JOB_ANSWER = {"description": "the job", "content": json_content(JOB_REF)}
+DELETED_ANSWER = {
+    "description": "the finished job is deleted: its files and its record",
+    "content": json_content({"type": "object", "properties": {"deleted": {"type": "string"}}}),
+}
 JOB_ID = path_parameter("job_id", pattern="^[0-9a-f]{32}$")
 JOB_SCHEMA = {
     "type": "object",
@@ -42,6 +47,12 @@ JOB_SCHEMA = {
             "description": "on submission: used_bytes, quota_bytes",
         },
         "links": {"type": "object"},
+        "expires": {
+            "type": "string",
+            "format": "date-time",
+            "nullable": True,
+            "description": "when housekeeping deletes the finished job (job_retention_days); null: kept",
+        },
     },
 }
 
@@ -93,12 +104,20 @@ def blueprint() -> flask.Blueprint:
         return json_response(job_view(own_job(job_id)))
 
     @bp.delete("/jobs/<job_id>")
-    @operation("cancel a queued or running job", {202: JOB_ANSWER}, errors=(404, 409), parameters=[JOB_ID])
-    def cancel_job(job_id: str) -> Response:
+    @operation(
+        "cancel a queued or running job (202); delete a finished one, its files and record (200)",
+        {202: JOB_ANSWER, 200: DELETED_ANSWER},
+        errors=(404, 409),
+        parameters=[JOB_ID],
+    )
+    def cancel_or_delete_job(job_id: str) -> Response:
         job = own_job(job_id)
-        if job.finished_state:
-            raise ConflictError(f"job {job_id} has already {job.state}")
-        cancelled = job_queue().cancel(job_id)
-        return json_response(job_view(cancelled or job), 202)
+        queue = job_queue()
+        if not job.finished_state:
+            cancelled = queue.cancel(job_id)
+            return json_response(job_view(cancelled or job), 202)
+        if not delete_job(queue.settings, queue.store, job):
+            raise ConflictError(f"job {job_id} changed state while it was being deleted: try again")
+        return json_response({"deleted": job_id, "state": job.state})
 
     return bp

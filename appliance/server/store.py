@@ -169,6 +169,14 @@ class JobStore:
             rows = db.execute(query, [*args, limit])
             return [_job(row) for row in rows.fetchall()]
 
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job's record; False when there is none, or the job has not finished."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "DELETE FROM jobs WHERE id = ? AND state IN (?, ?, ?)", [job_id, *FINISHED_STATES]
+            )
+            return cursor.rowcount > 0
+
     def claim(self, job_id: str, worker: str, uids: range | None = None) -> Job | None:
         """queued → running for exactly one worker; None when the job is not (or no longer) queued.
 
