@@ -87,6 +87,16 @@ class Settings(settings.LoadableSettings):
     follow_default_s: int = _setting(60, "how long a followed log stream stays open unless asked (follow_s)")
     max_followers_per_user: int = _setting(4, "log streams one user may follow at once (per API process)")
     max_followers: int = _setting(0, "log streams open at once per API process (0 = threads - 1)")
+    job_retention_days: float = _setting(
+        0.0, "days a finished job (files and record) is kept before the worker deletes it (0 = keep)"
+    )
+    upload_retention_days: float = _setting(
+        0.0, "days an upload is kept before the worker deletes it (0 = keep)"
+    )
+    sweep_interval_s: float = _setting(3600.0, "how often a worker deletes what has expired")
+    tfaas_url: str = _setting(
+        "", 'TFaaS whose /models the web page lists, called with the caller\'s token ("" = no list)'
+    )
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
@@ -109,16 +119,15 @@ class Settings(settings.LoadableSettings):
         )
         check(self.stale_after_s > 2 * self.heartbeat_s, "stale_after_s must exceed two heartbeats")
         check(bool(self.local_user), "local_user must not be empty")
-    job_retention_days: float = _setting(
-        0.0, "days a finished job (files and record) is kept before the worker deletes it (0 = keep)"
-    )
-    upload_retention_days: float = _setting(
-        0.0, "days an upload is kept before the worker deletes it (0 = keep)"
-    )
-    sweep_interval_s: float = _setting(3600.0, "how often a worker deletes what has expired")
-    tfaas_url: str = _setting(
-        "", 'TFaaS whose /models the web page lists, called with the caller\'s token ("" = no list)'
-    )
+        check(
+            self.job_retention_days >= 0 and self.upload_retention_days >= 0,
+            "job_retention_days and upload_retention_days must not be negative (0 = keep)",
+        )
+        check(self.sweep_interval_s > 0, "sweep_interval_s must be positive")
+        check(
+            self.tfaas_url == "" or self.tfaas_url.startswith(("http://", "https://")),
+            f'tfaas_url must be "" or an http(s):// URL, got {self.tfaas_url!r}',
+        )
         check(all(isinstance(v, str) for v in self.job_env.values()), "job_env values must be strings")
         self.auth_settings  # noqa: B018 (refuses, at start-up, auth settings that would open the API)
 
@@ -150,12 +159,3 @@ class Settings(settings.LoadableSettings):
     @property
     def queue_db(self) -> Path:
         return self.data_dir / "queue.db"
-        check(
-            self.job_retention_days >= 0 and self.upload_retention_days >= 0,
-            "job_retention_days and upload_retention_days must not be negative (0 = keep)",
-        )
-        check(self.sweep_interval_s > 0, "sweep_interval_s must be positive")
-        check(
-            self.tfaas_url == "" or self.tfaas_url.startswith(("http://", "https://")),
-            f'tfaas_url must be "" or an http(s):// URL, got {self.tfaas_url!r}',
-        )
