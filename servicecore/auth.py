@@ -86,6 +86,9 @@ class AuthSettings:
     loopback_paths: tuple[str, ...] = ()  # answered without a token only to loopback callers not proxied
     local_user: str = "local"  # the caller in local-demo; in trusted-header-demo, a direct one with no header
     local_groups: tuple[str, ...] = ()
+    # ``sub``s of service identities (the training workers' client-credentials client, docs/scaling.md) that
+    # may publish into every user's namespace; only a verified token carries them, never a demo header.
+    publisher_subs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode in LEGACY_MODES:
@@ -330,6 +333,8 @@ class TokenVerifier:
         return tuple(dict.fromkeys(found))
 
     def authorise(self, identity: Identity) -> None:
+        if identity.sub in self.settings.publisher_subs:
+            return  # a service identity, let in to publish (require_owner lets it into every namespace)
         if self.settings.owner_sub is not None and identity.sub != self.settings.owner_sub:
             raise ForbiddenError("this appliance is reserved to its owner")
         allowed = {_normalise_group(g) for g in self.settings.allowed_groups}
@@ -461,6 +466,9 @@ def require_owner(name: str) -> None:
     identity = current_identity()
     if identity is None:
         raise UnauthorizedError("this call needs an authenticated user")
+    publishers = flask.current_app.extensions["auth_settings"].publisher_subs
+    if identity.issuer is not None and identity.sub in publishers:
+        return  # the workers' service identity delivers every user's models
     if not owns(identity.username, name):
         raise ForbiddenError(
             f"{name!r} is not in your namespace: use names starting with '{identity.namespace}.'"

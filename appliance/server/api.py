@@ -14,15 +14,13 @@ import contextlib
 import flask
 from flask import Flask, Response
 
-from appliance.server import routes_downloads, routes_jobs, routes_prototype
+from appliance.server import metrics, routes_downloads, routes_jobs, routes_prototype
 from appliance.server.context import SERVER_NAME, json_response
 from appliance.server.identity import SETTINGS_KEY, install_auth
 from appliance.server.openapi import document, json_content, operation
 from appliance.server.queue import JobQueue
 from appliance.server.settings import Settings
 from servicecore.http import install_error_handlers
-
-HEALTH_ANSWER = {"description": "the service is up", "content": json_content({"type": "object"})}
 
 
 def create_app(settings: Settings) -> Flask:
@@ -34,8 +32,9 @@ def create_app(settings: Settings) -> Flask:
         directory.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(PermissionError):  # uploads are nobody else's business, jobs' least of all
         settings.uploads_dir.chmod(0o700)
-    app.extensions[SERVER_NAME] = JobQueue(settings)
+    app.extensions[SERVER_NAME] = queue = JobQueue(settings)
     app.register_blueprint(_service_routes())
+    app.register_blueprint(metrics.blueprint(queue))
     for group in (routes_jobs, routes_prototype, routes_downloads):
         app.register_blueprint(group.blueprint())
     routes_downloads.install_followers(app)
@@ -52,12 +51,6 @@ def openapi_document(app: Flask) -> dict:
 
 def _service_routes() -> flask.Blueprint:
     bp = flask.Blueprint("service", __name__)
-
-    @bp.get("/hello")
-    @bp.get("/health")
-    @operation("health check (no identity needed)", {200: HEALTH_ANSWER})
-    def hello() -> Response:
-        return json_response({"service": "MLaaS4HEP", "status": "ok"})
 
     @bp.get("/openapi.json")
     @operation(

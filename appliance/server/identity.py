@@ -12,7 +12,7 @@ from appliance.server.settings import Settings
 from servicecore import auth
 from servicecore.errors import BadInputError, UnauthorizedError
 
-PUBLIC_PATHS = ("/hello", "/health", "/openapi.json")
+PUBLIC_PATHS = ("/hello", "/health", "/metrics", "/openapi.json")
 SETTINGS_KEY = "MLAAS4HEP_SETTINGS"
 
 

@@ -8,10 +8,12 @@ harmless.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import secrets
 import socket
+import threading
 
 from huey import Huey, RedisHuey, SqliteHuey
 
@@ -19,7 +21,17 @@ from appliance.server.isolation import JobIdentity, job_uids
 from appliance.server.jobdir import JobDir
 from appliance.server.runner import JobRun
 from appliance.server.settings import Settings
-from appliance.server.store import CANCELLED, FAILED, QUEUED, RUNNING, Job, JobStore, NoFreeIdentityError, now
+from appliance.server.store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Job,
+    JobStore,
+    NoFreeIdentityError,
+    now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,14 @@ def make_huey(settings: Settings) -> Huey:
     return SqliteHuey("mlaas4hep", results=False, filename=str(settings.queue_db))
 
 
+def appliance_version() -> str:
+    """The installed appliance's version: workers report theirs, and /health tells the ones that differ."""
+    try:
+        return importlib.metadata.version("mlaas4hep-appliance")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -48,9 +68,11 @@ class JobQueue:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = JobStore(settings.job_db)
+        self.store = JobStore(settings.job_store)
         self.huey = make_huey(settings)
         self._task = self.huey.task(name=TASK_NAME)(self.run_job)
+        self._running = 0
+        self._running_lock = threading.Lock()
 
     def job_dir(self, job_id: str) -> JobDir:
         return JobDir.of(self.settings, job_id)
@@ -99,6 +121,44 @@ class JobQueue:
                 requeued.append(job.id)
         return {"failed": failed, "requeued": requeued}
 
+    # -- the worker's heartbeat ------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Say in the store that this worker lives (for /health, /metrics), and fail the running jobs of
+        workers that went silent on any machine: a worker killed mid-job leaves its job failed, with why."""
+        version = self.settings.worker_version or appliance_version()
+        with self._running_lock:
+            running = self._running
+        self.store.worker_beat(worker_id(), socket.gethostname(), version, running)
+        reaped = self.reap_stale()
+        if reaped:
+            log.warning("failed the jobs of silent workers: %s", reaped)
+
+    def start_heartbeats(self, stop: threading.Event) -> threading.Thread:
+        """``beat`` every ``heartbeat_s`` on a daemon thread until ``stop`` is set; then the row goes."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.beat()
+                except Exception:  # the store may be briefly unreachable: try again at the next beat
+                    log.exception("worker heartbeat failed")
+                if stop.wait(self.settings.heartbeat_s):
+                    break
+            self.store.worker_gone(worker_id())
+
+        thread = threading.Thread(target=loop, name="mlaas4hep-worker-heartbeat", daemon=True)
+        thread.start()
+        return thread
+
+    def _queue_deliveries(self, job: Job, result: dict) -> dict:
+        """The model's version comes from the store, and every TFaaS replica gets it (``delivery``)."""
+        replicas = self.settings.replica_urls
+        archive = str(self.job_dir(job.id).model_archive)
+        version = self.store.publish_version(job.model_name, job.id, archive, replicas)
+        log.info("job %s: %s version %d goes to %s", job.id, job.model_name, version, ", ".join(replicas))
+        return {**result, "version": version, "published": replicas}
+
     # -- the task ------------------------------------------------------------------------------------------
 
     def run_job(self, job_id: str) -> None:
@@ -113,11 +173,18 @@ class JobQueue:
         if job is None:
             return
         identity = JobIdentity(job.uid) if job.uid is not None else None
+        with self._running_lock:
+            self._running += 1
         try:
             state, error, result = JobRun(self.settings, job, self.store, worker_id(), identity).run()
         except Exception as err:
             log.exception("job %s: internal error", job_id)
             state, error, result = FAILED, f"internal error of the worker: {err}", None
+        finally:
+            with self._running_lock:
+                self._running -= 1
+        if state == SUCCEEDED and result is not None and self.settings.replica_urls:
+            result = self._queue_deliveries(job, result)
         self.store.finish(job_id, state, error=error, result=result, only_from=(RUNNING,))
         log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from typing import Any
 
 from appliance.server.settings import Settings
@@ -74,7 +75,18 @@ def worker(args: argparse.Namespace) -> int:
     consumer = queue.huey.create_consumer(
         workers=settings.max_concurrent_jobs, worker_type="thread", periodic=False, check_worker_health=True
     )
-    consumer.run()
+    stop_beating = threading.Event()
+    beats = queue.start_heartbeats(stop_beating)
+    if settings.replica_urls:
+        from appliance.server.delivery import Deliverer
+
+        Deliverer(settings, queue.store).start(stop_beating)
+        log.info("models go to the TFaaS replicas %s", ", ".join(settings.replica_urls))
+    try:
+        consumer.run()
+    finally:
+        stop_beating.set()
+        beats.join(settings.heartbeat_s + 5)
     return 0
 
 

@@ -19,6 +19,7 @@ from servicecore.errors import BadInputError
 
 MiB = 1024 * 1024
 QUEUE_SCHEMES = ("redis://", "rediss://", "unix://")
+STORE_SCHEMES = ("postgresql+psycopg://", "postgresql://", "sqlite:///")
 
 
 def _setting(default: Any, help: str, **metadata: Any) -> Any:
@@ -47,6 +48,27 @@ class Settings(settings.LoadableSettings):
     log_level: str = _setting("info", "log level of the API and the workers")
     queue_url: str = _setting(
         "", 'job queue: "" = SQLite in DATA_DIR/queue.db; "redis://host:6379/0" = a shared Redis broker'
+    )
+    store_url: str = _setting(
+        "",
+        'job store: "" = SQLite in DATA_DIR/jobs.db; "postgresql+psycopg://USER:PW@HOST/DB" = shared by '
+        "every machine (docs/scaling.md)",
+    )
+    worker_version: str = _setting(
+        "", "version this worker reports in its heartbeats (default: the installed appliance's)"
+    )
+    tfaas_replicas: str = _setting(
+        "",
+        'URL,... of every TFaaS replica trained models are uploaded to ("" = publish into models_dir)',
+    )
+    delivery_issuer: str = _setting("", "OIDC issuer whose client-credentials grant gives the upload token")
+    delivery_client_id: str = _setting("", "the workers' service client at that issuer")
+    delivery_client_secret: str = _setting(
+        "", "its secret: config file or MLAAS4HEP_DELIVERY_CLIENT_SECRET, never a command line"
+    )
+    delivery_audience: str = _setting("", "audience asked for in the upload token (TFaaS's client id)")
+    delivery_backoff_max_s: float = _setting(
+        60.0, "longest wait between two uploads to a replica that is down"
     )
     max_concurrent_jobs: int = _setting(1, "jobs one worker process runs at once; the others wait queued")
     job_user: str = _setting(
@@ -111,6 +133,20 @@ class Settings(settings.LoadableSettings):
             self.queue_url == "" or self.queue_url.startswith(QUEUE_SCHEMES),
             f'queue_url must be "" (SQLite) or a redis:// URL, got {self.queue_url!r}',
         )
+        check(
+            self.store_url == "" or self.store_url.startswith(STORE_SCHEMES),
+            f'store_url must be "" (SQLite) or a postgresql+psycopg:// URL, got {self.store_url!r}',
+        )
+        check(
+            not self.tfaas_replicas
+            or all((self.delivery_issuer, self.delivery_client_id, self.delivery_client_secret)),
+            "tfaas_replicas needs delivery_issuer, delivery_client_id and delivery_client_secret",
+        )
+        check(
+            all(url.startswith(("http://", "https://")) for url in self.replica_urls),
+            f"tfaas_replicas must be http(s):// URLs, got {self.tfaas_replicas!r}",
+        )
+        check(self.delivery_backoff_max_s > 0, "delivery_backoff_max_s must be positive")
         for name in ("memory_mb", "cpus", "wall_time_s"):
             default, limit = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
             check(0 < default <= limit, f"default_{name} must be positive and at most max_{name}")
@@ -155,6 +191,15 @@ class Settings(settings.LoadableSettings):
     @property
     def job_db(self) -> Path:
         return self.data_dir / "jobs.db"
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [url.strip().rstrip("/") for url in self.tfaas_replicas.split(",") if url.strip()]
+
+    @property
+    def job_store(self) -> Path | str:
+        """What ``JobStore`` opens: the embedded SQLite file, or the shared database's URL."""
+        return self.store_url or self.job_db
 
     @property
     def queue_db(self) -> Path:

@@ -1,15 +1,19 @@
-"""The job store: one SQLite file (``DATA_DIR/jobs.db``, WAL mode) shared by the API and the workers.
+"""The job store: the truth about every job, shared by the API and the workers, and surviving restarts.
 
-It is the truth about every job and survives restarts. A job runs once because a worker must first *claim*
-it (queued → running, one atomic UPDATE); the same transaction gives it a uid of the reserved range that no
-other running job holds, so two jobs never share an identity.
+One code path (SQLAlchemy Core) serves both backends: the embedded default, one SQLite file
+(``DATA_DIR/jobs.db``, WAL mode), and PostgreSQL (``store_url: postgresql+psycopg://...``) when workers run on
+other machines. The schema is alembic's (``appliance/server/migrations``), brought up to date when a store
+opens. A job runs once because a worker must first *claim* it (queued → running, one atomic UPDATE ... WHERE
+state = 'queued'); the same transaction gives it a uid of the reserved range that no other running job holds
+(claims are serialised: SQLite's BEGIN IMMEDIATE, PostgreSQL's transaction-scoped advisory lock, and a unique
+index on the uids of running jobs backs that up), so two jobs never share an identity, whichever machine runs
+them. Workers write heartbeats to ``workers``, which /health and /metrics read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -17,9 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
 STATES = (QUEUED, RUNNING, *FINISHED_STATES)
+# Any fixed number: the key of PostgreSQL's advisory lock that serialises claims (and migrations).
+CLAIM_LOCK_KEY = 0x4D4C4153
+MIGRATION_LOCK_KEY = CLAIM_LOCK_KEY + 1
+VERSION_LOCK_KEY = CLAIM_LOCK_KEY + 2
+DELIVERY_LOCK_KEY = CLAIM_LOCK_KEY + 3
 
 
 def now() -> float:
@@ -72,110 +84,188 @@ class Job:
         }
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    name TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    state TEXT NOT NULL,
-    resources TEXT NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    heartbeat REAL,
-    worker TEXT,
-    error TEXT,
-    result TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    request TEXT NOT NULL DEFAULT '{}',
-    uid INTEGER
-);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
-"""
+@dataclass(frozen=True)
+class WorkerBeat:
+    """One worker process as it last reported itself."""
+
+    id: str
+    host: str
+    started: float
+    heartbeat: float
+    version: str
+    running: int
+
+
+# The tables as the code reads them; the migrations create them (and must agree: tests/server/test_store.py).
+metadata = sa.MetaData()
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("model_name", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("resources", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("started", sa.Float),
+    sa.Column("finished", sa.Float),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("worker", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("result", sa.Text),
+    sa.Column("cancel_requested", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("request", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("uid", sa.Integer),
+)
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("heartbeat", sa.Float, nullable=False),
+    sa.Column("version", sa.Text, nullable=False, server_default=""),
+    sa.Column("running", sa.Integer, nullable=False, server_default="0"),
+)
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("high", sa.Integer, nullable=False),
+)
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("replica", sa.Text, nullable=False),
+    sa.Column("job_id", sa.Text, nullable=False),
+    sa.Column("archive", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_try", sa.Float, nullable=False),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("delivered", sa.Float),
+)
+JSON_COLUMNS = ("resources", "result", "request")
+PENDING, DELIVERED, REFUSED = "pending", "delivered", "refused"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One model version on its way to one TFaaS replica."""
+
+    id: int
+    model: str
+    version: int
+    replica: str
+    job_id: str
+    archive: str
+    state: str
+    attempts: int
+    next_try: float
+    lease_until: float | None
+    error: str | None
+    delivered: float | None
 
 
 class NoFreeIdentityError(RuntimeError):
     """Every uid of the reserved range belongs to a running job."""
 
 
-class JobStore:
-    """Job records in SQLite (WAL mode): one short transaction per call, safe across threads and processes."""
+def store_url(target: Path | str) -> str:
+    """A SQLAlchemy URL: a path is the embedded SQLite file, a string is taken as a URL."""
+    if isinstance(target, Path):
+        return f"sqlite:///{target.resolve()}"
+    return target
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            if "uid" not in columns:  # a store made before jobs had their own identities
-                db.execute("ALTER TABLE jobs ADD COLUMN uid INTEGER")
-        finally:
-            db.close()
-        # Everyone's jobs are in here: no job may read it (SQLite gives -wal and -shm the file's mode).
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                Path(f"{path}{suffix}").chmod(0o600)
+
+def make_engine(url: str) -> Engine:
+    """An engine whose transactions lock what a claim needs: BEGIN IMMEDIATE on SQLite (one writer at a
+    time, waiting up to 30 s), ordinary transactions with ``pool_pre_ping`` on PostgreSQL."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+
+class JobStore:
+    """Job records and worker heartbeats: one short transaction per call, safe across threads, processes and
+    (on PostgreSQL) machines."""
+
+    def __init__(self, target: Path | str) -> None:
+        from appliance.server.migrations import upgrade
+
+        self.url = store_url(target)
+        self.path = target if isinstance(target, Path) else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(self.url)
+        self.postgres = self.engine.dialect.name == "postgresql"
+        upgrade(self.engine, self.path)
+        if self.path is not None:
+            # Everyone's jobs are in here: no job may read it (SQLite gives -wal and -shm the file's mode).
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError, PermissionError):
+                    Path(f"{self.path}{suffix}").chmod(0o600)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("BEGIN IMMEDIATE")
+    def _transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as db:
             yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     def add(self, job: Job) -> None:
         row = asdict(job)
-        for key in ("resources", "result", "request"):
+        for key in JSON_COLUMNS:
             row[key] = json.dumps(row[key])
         row["cancel_requested"] = int(job.cancel_requested)
-        with self._connect() as db:
-            db.execute(
-                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})",  # noqa: S608 - our columns
-                row,
-            )
+        with self._transaction() as db:
+            db.execute(jobs.insert().values(**row))
 
     def get(self, job_id: str, owner: str | None = None) -> Job | None:
-        query, args = "SELECT * FROM jobs WHERE id = ?", [job_id]
+        query = jobs.select().where(jobs.c.id == job_id)
         if owner is not None:
-            query += " AND owner = ?"
-            args.append(owner)
-        with self._connect() as db:
-            row = db.execute(query, args).fetchone()
+            query = query.where(jobs.c.owner == owner)
+        with self._transaction() as db:
+            row = db.execute(query).mappings().first()
         return _job(row) if row else None
 
     def list(self, owner: str | None = None, state: str | None = None, limit: int = 1000) -> list[Job]:
-        clauses, args = [], []
+        query = jobs.select().order_by(jobs.c.created.desc()).limit(limit)
         if owner is not None:
-            clauses.append("owner = ?")
-            args.append(owner)
+            query = query.where(jobs.c.owner == owner)
         if state is not None:
-            clauses.append("state = ?")
-            args.append(state)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._connect() as db:
-            query = f"SELECT * FROM jobs {where} ORDER BY created DESC LIMIT ?"  # noqa: S608 - fixed clauses
-            rows = db.execute(query, [*args, limit])
-            return [_job(row) for row in rows.fetchall()]
+            query = query.where(jobs.c.state == state)
+        with self._transaction() as db:
+            return [_job(row) for row in db.execute(query).mappings().all()]
 
     def delete(self, job_id: str) -> bool:
         """Remove a finished job's record; False when there is none, or the job has not finished."""
-        with self._connect() as db:
-            cursor = db.execute(
-                "DELETE FROM jobs WHERE id = ? AND state IN (?, ?, ?)", [job_id, *FINISHED_STATES]
-            )
-            return cursor.rowcount > 0
+        query = jobs.delete().where(jobs.c.id == job_id, jobs.c.state.in_(FINISHED_STATES))
+        with self._transaction() as db:
+            return db.execute(query).rowcount > 0
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (every state named, zeros included)."""
+        with self._transaction() as db:
+            rows = db.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all()
+        return {state: 0 for state in STATES} | {state: count for state, count in rows}
 
     def claim(self, job_id: str, worker: str, uids: range | None = None) -> Job | None:
         """queued → running for exactly one worker; None when the job is not (or no longer) queued.
@@ -184,27 +274,36 @@ class JobStore:
         transaction; ``NoFreeIdentityError`` when every one is taken.
         """
         stamp = now()
-        with self._connect() as db:
+        with self._transaction() as db:
+            if self.postgres:  # claims one after the other, so two never pick the same free uid
+                db.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             uid = None
             if uids is not None:
-                rows = db.execute("SELECT uid FROM jobs WHERE state = ? AND uid IS NOT NULL", (RUNNING,))
-                taken = {row[0] for row in rows}
+                running = sa.select(jobs.c.uid).where(jobs.c.state == RUNNING, jobs.c.uid.is_not(None))
+                taken = set(db.execute(running).scalars())
                 uid = next((candidate for candidate in uids if candidate not in taken), None)
                 if uid is None:
                     raise NoFreeIdentityError(f"all {len(uids)} job uids are in use by running jobs")
-            changed = db.execute(
-                "UPDATE jobs SET state = ?, started = ?, heartbeat = ?, worker = ?, uid = ? "
-                "WHERE id = ? AND state = ?",
-                (RUNNING, stamp, stamp, worker, uid, job_id, QUEUED),
-            ).rowcount
-        return self.get(job_id) if changed else None
+            claimed = (
+                db.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
+                    .values(state=RUNNING, started=stamp, heartbeat=stamp, worker=worker, uid=uid)
+                    .returning(*jobs.c)
+                )
+                .mappings()
+                .first()
+            )
+        return _job(claimed) if claimed else None
 
     def heartbeat(self, job_id: str) -> bool:
         """Mark a running job alive; returns whether a cancel was requested."""
-        with self._connect() as db:
-            db.execute("UPDATE jobs SET heartbeat = ? WHERE id = ? AND state = ?", (now(), job_id, RUNNING))
-            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(row and row["cancel_requested"])
+        with self._transaction() as db:
+            db.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.state == RUNNING).values(heartbeat=now())
+            )
+            flag = db.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar()
+        return bool(flag)
 
     def finish(
         self,
@@ -216,24 +315,43 @@ class JobStore:
     ) -> bool:
         """Move an unfinished job to a finished state; False when it was already finished (or elsewhere)."""
         assert state in FINISHED_STATES
-        marks = ", ".join("?" * len(only_from))
-        with self._connect() as db:
+        with self._transaction() as db:
             changed = db.execute(
-                f"UPDATE jobs SET state = ?, finished = ?, error = ?, result = ? "  # noqa: S608 - placeholders
-                f"WHERE id = ? AND state IN ({marks})",
-                (state, now(), error, json.dumps(result) if result is not None else None, job_id, *only_from),
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state.in_(only_from))
+                .values(
+                    state=state,
+                    finished=now(),
+                    error=error,
+                    result=json.dumps(result) if result is not None else None,
+                )
+            ).rowcount
+        return bool(changed)
+
+    def requeue(self, job_id: str, reason: str) -> bool:
+        """running → queued (a worker lost mid-job, the job allowed to run again); the reason is kept."""
+        with self._transaction() as db:
+            changed = db.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state == RUNNING)
+                .values(state=QUEUED, started=None, heartbeat=None, worker=None, uid=None, error=reason)
             ).rowcount
         return bool(changed)
 
     def request_cancel(self, job_id: str) -> Job | None:
-        """A queued job is cancelled now; a running one is flagged for its worker, which stops it."""
-        with self._connect() as db:
+        """A queued job is cancelled now; a running one is flagged for its worker (on any machine), which
+        reads the flag with its next heartbeat and stops it."""
+        with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, error = ?, cancel_requested = 1 "
-                "WHERE id = ? AND state = ?",
-                (CANCELLED, now(), "cancelled before it started", job_id, QUEUED),
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
+                .values(
+                    state=CANCELLED, finished=now(), error="cancelled before it started", cancel_requested=1
+                )
             )
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = ?", (job_id, RUNNING))
+            db.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.state == RUNNING).values(cancel_requested=1)
+            )
         return self.get(job_id)
 
     def fail_interrupted(self, is_orphaned: Callable[[Job], bool], reason: str) -> list[str]:
@@ -244,10 +362,148 @@ class JobStore:
                 failed.append(job.id)
         return failed
 
+    # -- workers -------------------------------------------------------------------------------------------
 
-def _job(row: sqlite3.Row) -> Job:
+    def worker_beat(self, worker: str, host: str, version: str, running: int) -> None:
+        """A worker says it is alive (an insert the first time, an update after)."""
+        stamp = now()
+        with self._transaction() as db:
+            updated = db.execute(
+                workers.update()
+                .where(workers.c.id == worker)
+                .values(heartbeat=stamp, version=version, running=running)
+            ).rowcount
+            if not updated:
+                db.execute(
+                    workers.insert().values(
+                        id=worker, host=host, started=stamp, heartbeat=stamp, version=version, running=running
+                    )
+                )
+
+    def worker_gone(self, worker: str) -> None:
+        """A worker that stops cleanly leaves the list at once."""
+        with self._transaction() as db:
+            db.execute(workers.delete().where(workers.c.id == worker))
+
+    def live_workers(self, stale_after_s: float) -> list[WorkerBeat]:
+        """Workers heard from within ``stale_after_s``; older rows are removed on the way."""
+        limit = now() - stale_after_s
+        with self._transaction() as db:
+            db.execute(workers.delete().where(workers.c.heartbeat < limit - 24 * 3600))  # long dead
+            rows = db.execute(workers.select().where(workers.c.heartbeat >= limit).order_by(workers.c.id))
+            return [WorkerBeat(**row) for row in rows.mappings().all()]
+
+    # -- models across machines ------------------------------------------------------------------------------
+
+    def _serialise(self, db: Connection, key: int) -> None:
+        """On PostgreSQL, one such transaction at a time (SQLite's BEGIN IMMEDIATE already is)."""
+        if self.postgres:
+            db.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+
+    def publish_version(self, model: str, job_id: str, archive: str, replicas: list[str]) -> int:
+        """The model's next version, handed out once for every replica, and one delivery per replica."""
+        stamp = now()
+        with self._transaction() as db:
+            self._serialise(db, VERSION_LOCK_KEY)
+            high = db.execute(sa.select(model_versions.c.high).where(model_versions.c.name == model)).scalar()
+            version = (high or 0) + 1
+            if high is None:
+                db.execute(model_versions.insert().values(name=model, high=version))
+            else:
+                db.execute(model_versions.update().where(model_versions.c.name == model).values(high=version))
+            for replica in replicas:
+                db.execute(
+                    deliveries.insert().values(
+                        model=model,
+                        version=version,
+                        replica=replica,
+                        job_id=job_id,
+                        archive=archive,
+                        state=PENDING,
+                        attempts=0,
+                        next_try=stamp,
+                    )
+                )
+        return version
+
+    def claim_delivery(self, lease_s: float) -> Delivery | None:
+        """A due delivery for this caller alone (for ``lease_s``): per replica and model, the lowest pending
+        version only, so that each replica receives a model's versions in order."""
+        stamp = now()
+        earlier = deliveries.alias("earlier")
+        blocked = (
+            sa.select(earlier.c.id)
+            .where(
+                earlier.c.model == deliveries.c.model,
+                earlier.c.replica == deliveries.c.replica,
+                earlier.c.state == PENDING,
+                earlier.c.version < deliveries.c.version,
+            )
+            .exists()
+        )
+        with self._transaction() as db:
+            self._serialise(db, DELIVERY_LOCK_KEY)
+            row = (
+                db.execute(
+                    deliveries.select()
+                    .where(
+                        deliveries.c.state == PENDING,
+                        deliveries.c.next_try <= stamp,
+                        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < stamp),
+                        ~blocked,
+                    )
+                    .order_by(deliveries.c.next_try, deliveries.c.id)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            db.execute(
+                deliveries.update().where(deliveries.c.id == row["id"]).values(lease_until=stamp + lease_s)
+            )
+        return Delivery(**{**row, "lease_until": stamp + lease_s})
+
+    def delivery_done(self, delivery_id: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                deliveries.update()
+                .where(deliveries.c.id == delivery_id)
+                .values(state=DELIVERED, delivered=now(), lease_until=None, error=None)
+            )
+
+    def delivery_failed(self, delivery_id: int, error: str, retry_in_s: float | None) -> None:
+        """Try again in ``retry_in_s`` (the replica was down), or never (None: it refused the bundle)."""
+        with self._transaction() as db:
+            values: dict[str, Any] = {
+                "error": error,
+                "lease_until": None,
+                "attempts": deliveries.c.attempts + 1,
+            }
+            if retry_in_s is None:
+                values["state"] = REFUSED
+            else:
+                values["next_try"] = now() + retry_in_s
+            db.execute(deliveries.update().where(deliveries.c.id == delivery_id).values(**values))
+
+    def list_deliveries(self, job_id: str | None = None, state: str | None = None) -> list[Delivery]:
+        query = sa.select(deliveries).order_by(deliveries.c.id)
+        if job_id is not None:
+            query = query.where(deliveries.c.job_id == job_id)
+        if state is not None:
+            query = query.where(deliveries.c.state == state)
+        with self._transaction() as db:
+            return [Delivery(**row) for row in db.execute(query).mappings().all()]
+
+    def worker_heartbeat(self, worker: str) -> float | None:
+        with self._transaction() as db:
+            return db.execute(sa.select(workers.c.heartbeat).where(workers.c.id == worker)).scalar()
+
+
+def _job(row: Any) -> Job:
     values = dict(row)
-    for key in ("resources", "result", "request"):
+    for key in JSON_COLUMNS:
         values[key] = json.loads(values[key]) if values[key] is not None else None
     values["request"] = values["request"] or {}
     values["cancel_requested"] = bool(values["cancel_requested"])

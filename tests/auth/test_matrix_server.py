@@ -106,7 +106,7 @@ ROUTES = [
     Route("GET", JOB + "/logs", f"/jobs/{UNKNOWN_JOB}/logs", 404),
     Route("GET", "/status", f"/status?job_id={UNKNOWN_JOB}", 404),
 ]
-PUBLIC = ("/hello", "/health", "/openapi.json")
+PUBLIC = ("/hello", "/health", "/metrics", "/openapi.json")
 
 
 def test_every_protected_route_is_in_the_matrix(site) -> None:
