@@ -14,7 +14,7 @@ import contextlib
 import flask
 from flask import Flask, Response
 
-from appliance.server import metrics, routes_downloads, routes_jobs, routes_prototype
+from appliance.server import metrics, routes_downloads, routes_jobs, routes_prototype, routes_ui
 from appliance.server.context import SERVER_NAME, json_response
 from appliance.server.identity import SETTINGS_KEY, install_auth
 from appliance.server.openapi import document, json_content, operation
@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions[SERVER_NAME] = queue = JobQueue(settings)
     app.register_blueprint(_service_routes())
     app.register_blueprint(metrics.blueprint(queue))
-    for group in (routes_jobs, routes_prototype, routes_downloads):
+    for group in (routes_jobs, routes_prototype, routes_downloads, routes_ui):
         app.register_blueprint(group.blueprint())
     routes_downloads.install_followers(app)
     install_error_handlers(app)

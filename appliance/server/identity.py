@@ -12,7 +12,8 @@ from appliance.server.settings import Settings
 from servicecore import auth
 from servicecore.errors import BadInputError, UnauthorizedError
 
-PUBLIC_PATHS = ("/hello", "/health", "/metrics", "/openapi.json")
+# The web page and its files are public too (no data in them; every call they make is authenticated).
+PUBLIC_PATHS = ("/hello", "/health", "/metrics", "/openapi.json", "/ui", "/ui/", "/ui/*")
 SETTINGS_KEY = "MLAAS4HEP_SETTINGS"
 
 

@@ -9,6 +9,7 @@ error body (``servicecore.errors.ERROR_SCHEMA``); routes behind authentication a
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,7 +120,8 @@ def _operations(app: Flask) -> list[tuple[str, str, Operation]]:
 
 
 def _errors(rule: str, declared: Operation) -> list[int]:
-    extra = () if rule in PUBLIC_PATHS else AUTH_STATUSES
+    public = any(fnmatch.fnmatchcase(rule, pattern) for pattern in PUBLIC_PATHS)  # /ui/* too
+    extra = () if public else AUTH_STATUSES
     return sorted({*declared.errors, *extra})
 
 

@@ -7,7 +7,7 @@ from appliance.server.openapi import openapi_path, statuses
 from appliance.server.submission import WORKFLOW
 from servicecore.errors import ERROR_SCHEMA
 
-PUBLIC = {"/hello", "/health", "/metrics", "/openapi.json"}
+PUBLIC = {"/hello", "/health", "/metrics", "/openapi.json", "/ui", "/ui/", "/ui/{name}"}
 
 
 def test_every_route_of_the_url_map_is_documented_with_its_statuses(client):

@@ -1,0 +1,1 @@
+"""Tests of the web page (appliance/server/ui)."""
