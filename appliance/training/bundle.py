@@ -28,13 +28,29 @@ from servicecore.publishing import staging_directory
 SIGNATURE = "serving_default"
 INPUT_NAME = "inputs"
 OUTPUT_NAME = "outputs"
+ONNX_FILE = "model.onnx"
+NATIVE_DIRECTORY = "native"  # a non-TensorFlow model as its framework saves it (torch.save, joblib)
 
 
-def params_document(name: str, features: Mapping[str, Any], version: int | None = None) -> dict[str, Any]:
-    """``params.json``: the original TFaaS keys, the signature, the version and the preprocessing contract."""
+def params_document(
+    name: str,
+    features: Mapping[str, Any],
+    version: int | None = None,
+    runtime: str = "tensorflow",
+    servable: bool = True,
+    reason: str | None = None,
+    framework: str = "keras",
+) -> dict[str, Any]:
+    """``params.json``: the original TFaaS keys, the signature, the version and the preprocessing contract.
+
+    ``runtime`` says what serves the bundle: ``tensorflow`` (SavedModel) or ``onnx`` (``model.onnx``). A model
+    whose ONNX export failed or did not match its framework is ``servable: false`` with the ``reason``."""
     document: dict[str, Any] = {
         "name": name,
-        "model": "saved_model.pb",
+        "model": ONNX_FILE if runtime == "onnx" else "saved_model.pb",
+        "runtime": runtime,
+        "framework": framework,
+        "servable": servable,
         "labels": "labels.txt",
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
@@ -43,6 +59,8 @@ def params_document(name: str, features: Mapping[str, Any], version: int | None 
         "signature": SIGNATURE,
         "features": dict(features),
     }
+    if reason:
+        document["unservable_reason"] = reason
     if version is not None:
         document["version"] = version
     return document
@@ -75,6 +93,7 @@ def write_bundle(
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, Any]],
     roc: Mapping[str, Any] | None,
+    onnx: Any = None,
 ) -> Path:
     """Build the bundle in a temporary directory beside ``destination`` and rename it there.
 
@@ -86,8 +105,12 @@ def write_bundle(
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_directory(destination.parent, f".{destination.name}.")
     try:
-        export_saved_model(model, staging, int(features["dim"]))
-        _write_json(staging / "params.json", params_document(name, features))
+        if onnx is None:
+            export_saved_model(model, staging, int(features["dim"]))
+            document = params_document(name, features)
+        else:
+            document = _write_framework_model(model, onnx, staging, name, features)
+        _write_json(staging / "params.json", document)
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in class_names))
         _write_json(staging / "metrics.json", metrics)
         plot_loss(history, staging / "loss.png")
@@ -97,6 +120,39 @@ def write_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destination
+
+
+def _write_framework_model(
+    model: Any, onnx: Any, staging: Path, name: str, features: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``model.onnx`` when the export succeeded, and the model in its framework's own format beside it."""
+    if onnx.model_bytes is not None:
+        (staging / ONNX_FILE).write_bytes(onnx.model_bytes)
+    native = staging / NATIVE_DIRECTORY
+    native.mkdir()
+    if model.framework == "torch":
+        import torch
+
+        torch.save(model.module.state_dict(), native / "state_dict.pt")
+    else:
+        import pickle
+
+        import joblib
+
+        try:
+            joblib.dump(model.estimator, native / "estimator.joblib")
+        except (pickle.PicklingError, AttributeError, TypeError):
+            # A class defined in the user's model.py cannot be pickled once its module is gone; the
+            # bundle's other files still describe the model, and model.onnx (when there is one) serves it.
+            (native / "estimator.joblib").unlink(missing_ok=True)
+    return params_document(
+        name,
+        features,
+        runtime="onnx",
+        servable=onnx.servable,
+        reason=onnx.reason,
+        framework=model.framework,
+    )
 
 
 def check_output_directory(destination: Path) -> None:

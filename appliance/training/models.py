@@ -29,6 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from appliance.training.frameworks import (
+    EstimatorModel,
+    FrameworkModel,
+    is_estimator,
+    is_torch_module,
+    torch_model,
+    training_options,
+)
 from servicecore.errors import BadInputError
 
 # Set before TensorFlow loads: the job worker's logs should not fill with its start-up chatter.
@@ -123,16 +131,37 @@ class TargetEncoding:
         return outputs
 
 
-def load_model(path: str | Path, idim: int, n_classes: int) -> tuple[keras.Model, TargetEncoding]:
-    """Build the user's compiled model for ``idim`` inputs and check it fits the data's classes."""
+def load_model(
+    path: str | Path,
+    idim: int,
+    n_classes: int,
+    options: Mapping[str, Any] | None = None,
+    batch_size: int = 100,
+    seed: int = 0,
+) -> tuple[Any, TargetEncoding]:
+    """Build the user's model for ``idim`` inputs and check it fits the data's classes.
+
+    A Keras model comes back compiled; a PyTorch module or an estimator comes back wrapped in a
+    :class:`~appliance.training.frameworks.FrameworkModel` built with params.json's ``training`` ``options``.
+    """
     path = Path(path)
+    source = str(path)
     if not path.is_file():
-        raise BadInputError(f"model file {str(path)!r} does not exist")
+        raise BadInputError(f"model file {source!r} does not exist")
     if path.suffix == ".json":
-        model = build_json_model(_read_json_model(path), idim, n_classes, source=str(path))
+        model: Any = build_json_model(_read_json_model(path), idim, n_classes, source=source)
     else:
         model = _call_python_model(path, idim)
-    return model, check_model(model, idim, n_classes, source=str(path))
+    if isinstance(model, keras.Model):
+        return model, check_model(model, idim, n_classes, source=source)
+    options = training_options(options or {}, "params.json")
+    if is_torch_module(model):
+        wrapped: FrameworkModel = torch_model(model, options, idim, n_classes, batch_size, source)
+    else:
+        wrapped = EstimatorModel(model, n_classes, options, seed, source)
+    return wrapped, TargetEncoding(
+        wrapped.encoding_mode, 1 if wrapped.encoding_mode == "binary" else n_classes
+    )
 
 
 def preflight_model(path: str | Path) -> None:
@@ -150,7 +179,7 @@ def preflight_model(path: str | Path) -> None:
         raise BadInputError(f"model file {str(path)!r} failed to load: {_describe(err)}") from None
 
 
-def _call_python_model(path: Path, idim: int) -> keras.Model:
+def _call_python_model(path: Path, idim: int) -> Any:
     module_name = f"mlaas4hep_user_model_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -173,9 +202,12 @@ def _call_python_model(path: Path, idim: int) -> keras.Model:
         model = factory(idim)
     except (Exception, SystemExit) as err:
         raise BadInputError(f"model file {str(path)!r}: model({idim}) raised {_describe(err)}") from None
+    if is_torch_module(model) or (is_estimator(model) and not isinstance(model, keras.Model)):
+        return model
     if not isinstance(model, keras.Model):
         raise BadInputError(
-            f"model file {str(path)!r}: model({idim}) returned a {type(model).__name__}, not a Keras model"
+            f"model file {str(path)!r}: model({idim}) returned a {type(model).__name__}, not a Keras model, "
+            "a PyTorch nn.Module or a scikit-learn/XGBoost classifier (with predict_proba)"
         )
     if not model.compiled:
         raise BadInputError(

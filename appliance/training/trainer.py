@@ -34,8 +34,18 @@ from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
 from appliance.data.workflow import Workflow, load_workflow
 from appliance.training.bundle import check_output_directory, write_bundle
 from appliance.training.evaluation import roc_metrics
+from appliance.training.frameworks import (
+    Batch,
+    FrameworkModel,
+    TorchModel,
+    class_probabilities,
+    cross_entropy,
+)
 from appliance.training.holdout import HoldOut
 from appliance.training.models import TargetEncoding, load_model, preflight_model
+from appliance.training.onnx_export import CHECK_EVENTS as ONNX_CHECK_EVENTS
+from appliance.training.onnx_export import TOLERANCE as ONNX_TOLERANCE
+from appliance.training.onnx_export import OnnxExport, export_onnx
 from servicecore.errors import BadInputError
 from servicecore.naming import check_name
 from servicecore.publishing import publish as publish_bundle
@@ -129,27 +139,33 @@ class Trainer:
 
     def train_dataset(self, epoch: int, counter: EpochCounter) -> Any:
         """The training events of one pass; the first pass also fills the validation and test caches."""
-        first_pass = epoch == 0
         n_classes = self.stream.n_classes
         weighted = self.class_weights is not None
 
         def generate() -> Iterator[tuple[np.ndarray, ...]]:
-            for chunk in self.stream.chunks(epoch=epoch):
-                counter.read += len(chunk)
-                if first_pass:
-                    self.validation.append(*chunk.part(VALIDATION))
-                    self.test.append(*chunk.part(TEST))
-                x, y = chunk.part(TRAIN)
-                if len(y) == 0:
-                    continue
-                counter.trained += len(y)
+            for x, y, weights in self.train_arrays(epoch, counter):
                 target = self.encoding.targets(y, n_classes)
-                yield (x, target, self._weights(y)) if weighted else (x, target)
-            if first_pass:
-                self.validation.flush()
-                self.test.flush()
+                yield (x, target, weights) if weighted else (x, target)
 
         return self._batched(generate, self._signature(weighted))
+
+    def train_arrays(self, epoch: int, counter: EpochCounter) -> Iterator[Batch]:
+        """(features, class indices, sample weights or None) of the training events of one pass; the first
+        pass also fills the validation and test caches."""
+        first_pass = epoch == 0
+        for chunk in self.stream.chunks(epoch=epoch):
+            counter.read += len(chunk)
+            if first_pass:
+                self.validation.append(*chunk.part(VALIDATION))
+                self.test.append(*chunk.part(TEST))
+            x, y = chunk.part(TRAIN)
+            if len(y) == 0:
+                continue
+            counter.trained += len(y)
+            yield x, y, (self._weights(y) if self.class_weights is not None else None)
+        if first_pass:
+            self.validation.flush()
+            self.test.flush()
 
     def holdout_dataset(self, holdout: HoldOut, with_targets: bool = True) -> Any:
         n_classes = self.stream.n_classes
@@ -167,29 +183,18 @@ class Trainer:
         epochs = self.params.epochs
         for epoch in range(epochs):
             counter = EpochCounter()
-            callback = _progress_callback(self.progress, epoch, epochs, counter)
-            try:
-                with _quiet_end_of_data():
-                    fit = self.model.fit(
-                        self.train_dataset(epoch, counter),
-                        initial_epoch=epoch,
-                        epochs=epoch + 1,
-                        shuffle=False,  # the stream shuffles
-                        verbose=0,
-                        callbacks=[callback],
-                    )
-            except Exception:
-                self._raise_failure()
-                if counter.trained == 0:
-                    self._check_first_pass(counter)
-                raise
-            self._raise_failure()
+            if isinstance(self.model, FrameworkModel):
+                if epoch > 0 and self.model.single_pass:
+                    break  # an estimator fitted once on its sample: another pass would change nothing
+                losses = {"loss": self._fit_framework_epoch(epoch, counter)}
+            else:
+                losses = self._fit_keras_epoch(epoch, epochs, counter)
             seconds = time.monotonic() - counter.started
             self.events_read += counter.read
             if epoch == 0:
                 self._check_first_pass(counter)
             record: dict[str, Any] = {"epoch": epoch + 1, "epochs": epochs}
-            record |= {k: _number(v[-1]) for k, v in fit.history.items() if v}
+            record |= losses
             if self.validation.events:
                 record |= {f"val_{k}": v for k, v in self._evaluate(self.validation).items()}
             record |= {
@@ -203,11 +208,55 @@ class Trainer:
             self.progress({"stage": "train", **record, "time": now()})
         return self.history
 
+    def _fit_keras_epoch(self, epoch: int, epochs: int, counter: EpochCounter) -> dict[str, float | None]:
+        callback = _progress_callback(self.progress, epoch, epochs, counter)
+        try:
+            with _quiet_end_of_data():
+                fit = self.model.fit(
+                    self.train_dataset(epoch, counter),
+                    initial_epoch=epoch,
+                    epochs=epoch + 1,
+                    shuffle=False,  # the stream shuffles
+                    verbose=0,
+                    callbacks=[callback],
+                )
+        except Exception:
+            self._raise_failure()
+            if counter.trained == 0:
+                self._check_first_pass(counter)
+            raise
+        self._raise_failure()
+        return {k: _number(v[-1]) for k, v in fit.history.items() if v}
+
+    def _fit_framework_epoch(self, epoch: int, counter: EpochCounter) -> float | None:
+        return _number(self.model.train_epoch(self.train_arrays(epoch, counter), epoch))
+
+    def _framework_outputs(self, holdout: HoldOut) -> np.ndarray:
+        parts = [self.model.predict(np.asarray(x)) for x, _ in holdout.arrays()]
+        return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+
     def _evaluate(self, holdout: HoldOut) -> dict[str, float | None]:
+        if isinstance(self.model, FrameworkModel):
+            y = holdout.labels()
+            probabilities = class_probabilities(self._framework_outputs(holdout))
+            return {
+                "loss": cross_entropy(probabilities, y),
+                "accuracy": float(np.mean(np.argmax(probabilities, axis=1) == y)),
+            }
         with _quiet_end_of_data():
             scores = self.model.evaluate(self.holdout_dataset(holdout), verbose=0, return_dict=True)
         self._raise_failure()
         return {k: _number(v) for k, v in scores.items()}
+
+    def test_features(self, limit: int) -> np.ndarray:
+        """The first ``limit`` test events' features (to check an exported model against)."""
+        parts, held = [], 0
+        for x, _ in self.test.arrays():
+            parts.append(np.asarray(x[: limit - held]))
+            held += len(parts[-1])
+            if held >= limit:
+                break
+        return np.concatenate(parts) if parts else np.zeros((0, self.stream.dim), dtype=np.float32)
 
     def _check_first_pass(self, counter: EpochCounter) -> None:
         if counter.trained == 0:
@@ -222,9 +271,12 @@ class Trainer:
         if len(y) == 0:
             return {"events": 0}, None
         scores = self._evaluate(self.test)
-        with _quiet_end_of_data():
-            outputs = self.model.predict(self.holdout_dataset(self.test, with_targets=False), verbose=0)
-        self._raise_failure()
+        if isinstance(self.model, FrameworkModel):
+            outputs = self._framework_outputs(self.test)
+        else:
+            with _quiet_end_of_data():
+                outputs = self.model.predict(self.holdout_dataset(self.test, with_targets=False), verbose=0)
+            self._raise_failure()
         probabilities = self.encoding.probabilities(outputs)
         metrics: dict[str, Any] = {"events": len(y), **scores}
         metrics["accuracy"] = float(np.mean(np.argmax(probabilities, axis=1) == y))
@@ -300,6 +352,29 @@ def training_device() -> str:
     return gpus[0].name if gpus else "/device:CPU:0"
 
 
+def framework_device(model: Any) -> str:
+    """Where the model trains: Keras's device, or the PyTorch module's; estimators train on the CPU."""
+    if isinstance(model, TorchModel):
+        return str(model.device)
+    if isinstance(model, FrameworkModel):
+        return "cpu"
+    return training_device()
+
+
+def framework_name(model: Any) -> str:
+    return model.framework if isinstance(model, FrameworkModel) else "keras"
+
+
+def _onnx_metrics(onnx: OnnxExport) -> dict[str, Any]:
+    return {
+        "servable": onnx.servable,
+        "reason": onnx.reason,
+        "checked_events": onnx.checked_events,
+        "max_abs_diff": onnx.max_abs_diff,
+        "tolerance": ONNX_TOLERANCE,
+    }
+
+
 def refuse_nonfinite(spec: FeatureSpec) -> None:
     """NaN or infinite raw values would silently become ``nan_value``; a model trained on them is suspect."""
     bad = spec.nonfinite_branches()
@@ -354,17 +429,29 @@ def run_training(
     )
 
     configure_reproducibility(wf.params.seed)
-    device = training_device()
-    keras_model, encoding = load_model(model, spec.dim, stream.n_classes)
+    user_model, encoding = load_model(
+        model,
+        spec.dim,
+        stream.n_classes,
+        options=wf.params.training,
+        batch_size=wf.params.batch_size,
+        seed=wf.params.seed,
+    )
+    device = framework_device(user_model)
+    if isinstance(user_model, FrameworkModel):
+        train_share = (1.0 - wf.params.split) * (1.0 - wf.params.validation_split)
+        user_model.check_stream(int(stream.total_events * train_share))
     class_weights = stream.class_weights() if wf.params.class_weight == "balanced" else None
-    log.info("training %d parameters on %s", keras_model.count_params(), device)
+    parameters = user_model.count_params()
+    log.info("training %s parameters on %s", parameters, device)
     report(
         {
             "stage": "train",
             "epoch": 0,
             "epochs": wf.params.epochs,
             "device": device,
-            "parameters": keras_model.count_params(),
+            "framework": framework_name(user_model),
+            "parameters": parameters,
             "time": now(),
         }
     )
@@ -372,19 +459,27 @@ def run_training(
     fout.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".mlaas4hep-holdout-", dir=fout.parent))
     try:
-        trainer = Trainer(stream, keras_model, encoding, workdir, class_weights, report)
+        trainer = Trainer(stream, user_model, encoding, workdir, class_weights, report)
         history = trainer.fit()
         report({"stage": "evaluate", "events": trainer.test.events, "time": now()})
         test, roc = trainer.evaluate()
+        onnx = None
+        if isinstance(user_model, FrameworkModel):
+            onnx = export_onnx(user_model, spec.dim, trainer.test_features(ONNX_CHECK_EVENTS))
+            if not onnx.servable:
+                log.warning("the model is published but not servable: %s", onnx.reason)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     metrics = _metrics_document(
-        wf, spec, stream, trainer, test, device, keras_model, class_weights, time.monotonic() - started
+        wf, spec, stream, trainer, test, device, user_model, class_weights, time.monotonic() - started
     )
+    if onnx is not None:
+        metrics["onnx"] = _onnx_metrics(onnx)
     bundle = write_bundle(
         fout,
-        model=keras_model,
+        model=user_model,
+        onnx=onnx,
         name=model_name,
         features=spec.to_dict(),
         class_names=stream.class_names,
@@ -434,6 +529,8 @@ def _metrics_document(
         },
         "features": spec.dim,
         "parameters": model.count_params(),
+        "framework": framework_name(model),
+        "sample": getattr(model, "sample_note", None),
         "device": device,
         "seed": wf.params.seed,
         "epochs": wf.params.epochs,
