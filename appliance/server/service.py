@@ -50,6 +50,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     """Recover what a previous worker left behind, then consume jobs, ``max_concurrent_jobs`` at a time."""
+    from appliance.server.housekeeping import start_sweeper
     from appliance.server.isolation import job_uids, secure_data_dir
     from appliance.server.network import parse_endpoints
     from appliance.server.queue import JobQueue
@@ -77,6 +78,9 @@ def worker(args: argparse.Namespace) -> int:
     )
     stop_beating = threading.Event()
     beats = queue.start_heartbeats(stop_beating)
+    if start_sweeper(settings, queue.store, stop_beating) is not None:
+        kept = (settings.job_retention_days, settings.upload_retention_days)
+        log.info("housekeeping: jobs kept %g days, uploads %g days (0 = for ever)", *kept)
     if settings.replica_urls:
         from appliance.server.delivery import Deliverer
 

@@ -15,7 +15,7 @@ from appliance.server.settings import Settings
 from appliance.server.store import CANCELLED, QUEUED, SUCCEEDED, Job, JobStore
 from servicecore.errors import BadInputError
 from servicecore.naming import owner_namespace
-from tests.server.conftest import server_env, workflow
+from tests.server.conftest import server_env, wait_until, worker_process, workflow
 from tests.server.test_api import ALICE, BOB, assert_error, submit
 
 
@@ -153,3 +153,16 @@ def test_the_sweeper_thread_sweeps_until_stopped(data_dir):
 def test_bad_housekeeping_settings_are_refused(data_dir, setting):
     with pytest.raises(BadInputError, match=next(iter(setting))):
         Settings.load(environ=server_env(data_dir, **setting))
+
+
+def test_the_worker_sweeps(data_dir, tmp_path):
+    """``python -m appliance worker`` runs the sweep: a job finished long ago goes, a young one stays."""
+    settings = Settings.load(environ=server_env(data_dir))
+    store = JobStore(settings.job_db)
+    old = add_finished(store, settings, "8" * 32, time.time() - 3 * DAY_S)
+    young = add_finished(store, settings, "9" * 32, time.time())
+    with worker_process(data_dir, tmp_path / "worker.log", job_retention_days=1, sweep_interval_s=0.5):
+        wait_until(lambda: store.get(old.id) is None, 30)
+    assert not (settings.jobs_dir / old.id).exists()
+    assert store.get(young.id) is not None and (settings.jobs_dir / young.id).is_dir()
+    assert "housekeeping: jobs kept 1 days" in (tmp_path / "worker.log").read_text()
