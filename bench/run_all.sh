@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${MLAAS4HEP_VENV:-.venv}/bin/python
-for bench in streaming_bench training_bench tfaas_bench; do
+for bench in streaming_bench training_bench tfaas_bench predict_bench soak faults; do
   [[ -f bench/$bench.py ]] && "$PY" bench/$bench.py
 done
 {
@@ -11,7 +11,8 @@ done
   echo
   echo "Each figure is a ratio against a baseline measured in the same run, on the machine named in its section."
   echo "Regenerate with \`bash bench/run_all.sh\` (provisioning times come from \`bench/provisioning_bench.py\`)."
-  for part in streaming training tfaas provisioning; do
+  echo "Each part says the load average during its run: figures taken on a loaded machine are marked as such."
+  for part in streaming training feature_cache predict tfaas soak faults provisioning; do
     [[ -f bench/results/$part.md ]] && { echo; sed "s/^#/##/" "bench/results/$part.md"; }
   done
 } > bench/RESULTS.md
