@@ -269,6 +269,13 @@ function start() {
     refreshJobs();
     refreshModels();
   });
+  window.addEventListener("hashchange", () => {  // a #token= link followed while the page is open
+    takeTokenFromFragment();
+    $("whoami").textContent = token() ? "token in this tab" : "";
+    notice("");
+    refreshJobs();
+    refreshModels();
+  });
   $("logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
   $("submit").addEventListener("submit", submitJob);
   $("cancel").addEventListener("click", () => cancelOrDelete("cancel"));
