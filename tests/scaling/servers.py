@@ -4,19 +4,22 @@ directory and stopped afterwards: the shared job store and broker of the scaling
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.processes import free_port, wait_for_port
+from tests.support.processes import free_port, running, wait_for_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS_SERVER = Path("/usr/bin/redis-server")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _as_postgres_user() -> list[str]:
@@ -100,3 +103,22 @@ def redis_server() -> Iterator[str]:
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tfaas_replica(
+    idp: object, models: Path, port: int, log: Path, audience: str, publisher_subs: list[str]
+) -> Iterator[str]:
+    """A TFaaS replica (gunicorn, one worker) under OIDC auth with the test identity provider ``idp``, any
+    user of it let in, ``publisher_subs`` allowed to publish for others; yields its URL."""
+    auth = {
+        "mode": "oidc",
+        "issuers": [idp.issuer],
+        "audiences": [audience],
+        "allow_any_user": True,
+        "publisher_subs": publisher_subs,
+    }
+    env = {"TFAAS_AUTH": json.dumps(auth), "TFAAS_RELOAD_INTERVAL_S": "0.2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    argv = [sys.executable, "-m", "tfaas", "--model-dir", str(models), "--port", str(port), "--workers", "1"]
+    with running(argv, port, log, env=env, cwd=REPO):
+        yield f"http://127.0.0.1:{port}"

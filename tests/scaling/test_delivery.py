@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -23,8 +22,9 @@ from appliance.server.delivery import Deliverer
 from appliance.server.settings import Settings
 from appliance.server.store import DELIVERED, PENDING, JobStore
 from tests.auth.idp import IdentityProvider, User
+from tests.scaling.servers import tfaas_replica
 from tests.server.conftest import wait_until
-from tests.support.processes import free_port, running
+from tests.support.processes import free_port
 from tests.tfaas import bundles
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,6 @@ ALICE = User("alice-sub", "alice")
 BOB = User("bob-sub", "bob")
 SERVICE = User("svc-mlaas4hep-workers", "mlaas4hep-publisher")
 SECRET = "worker-client-secret"
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +59,14 @@ def archives(tmp_path_factory) -> list[Path]:
     return made
 
 
-@contextlib.contextmanager
-def replica(idp: IdentityProvider, models: Path, port: int, log: Path) -> Iterator[str]:
-    auth = {
-        "mode": "oidc",
-        "issuers": [idp.issuer],
-        "audiences": [AUDIENCE],
-        "allowed_groups": [],
-        "owner_sub": None,
-        "allow_any_user": True,
-        "publisher_subs": [SERVICE.sub],
-    }
-    env = {"TFAAS_AUTH": json.dumps(auth), "TFAAS_RELOAD_INTERVAL_S": "0.2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    argv = [sys.executable, "-m", "tfaas", "--model-dir", str(models), "--port", str(port), "--workers", "1"]
-    with running(argv, port, log, env=env, cwd=REPO):
-        yield f"http://127.0.0.1:{port}"
+def replica(
+    idp: IdentityProvider, models: Path, port: int, log: Path
+) -> contextlib.AbstractContextManager[str]:
+    return tfaas_replica(idp, models, port, log, AUDIENCE, [SERVICE.sub])
 
 
-def served_version(url: str, token: str) -> int | None:
-    answer = requests.get(f"{url}/params/{MODEL}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+def served_version(url: str, token: str, model: str = MODEL) -> int | None:
+    answer = requests.get(f"{url}/params/{model}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     return answer.json().get("version") if answer.status_code == 200 else None
 
 

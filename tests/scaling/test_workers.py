@@ -11,6 +11,7 @@ worker runs it; /health counts the live workers.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,8 @@ import requests
 
 from appliance.server.isolation import kill_processes_of
 from appliance.server.store import JobStore
-from tests.scaling.servers import postgres_server, redis_server
+from tests.auth.idp import IdentityProvider, User
+from tests.scaling.servers import postgres_server, redis_server, tfaas_replica
 from tests.server.conftest import (
     ENDLESS_PARAMS,
     api_process,
@@ -33,6 +35,7 @@ from tests.server.conftest import (
     worker_process,
     workflow,
 )
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
 ALICE = {"X-Forwarded-User": "alice"}
@@ -127,3 +130,42 @@ def test_a_killed_worker_fails_its_job_and_cancel_reaches_the_other(
         cancelled = follow_job(get, second["id"], ("cancelled", "failed", "succeeded"), 60)
         assert cancelled["state"] == "cancelled"
     store.dispose()
+
+
+def test_a_trained_model_reaches_a_replica_with_no_shared_disk(data_dir, tmp_path, remote_samples, shared):
+    """The worker delivers the job's checked bundle to a TFaaS replica over its upload API, with a
+    client-credentials token; the version is the store's; the job's owner predicts from the replica."""
+    service = User("svc-mlaas4hep-workers", "mlaas4hep-publisher")
+    with IdentityProvider.running() as idp:
+        idp.add_client("mlaas4hep-workers", "worker-secret", service)
+        delivery = {
+            "tfaas_replicas": f"http://127.0.0.1:{free_port()}",
+            "delivery_issuer": idp.issuer,
+            "delivery_client_id": "mlaas4hep-workers",
+            "delivery_client_secret": "worker-secret",  # from the environment, never a command line
+            "delivery_audience": "tfaas-client",
+        }
+        port = int(delivery["tfaas_replicas"].rpartition(":")[2])
+        with (
+            tfaas_replica(
+                idp, tmp_path / "replica", port, tmp_path / "r.log", "tfaas-client", [service.sub]
+            ) as tf,
+            api_process(data_dir, tmp_path / "api.log", **shared) as url,
+            worker_machine(data_dir, "w1", tmp_path / "w1.log", remote_samples, {**shared, **delivery}),
+        ):
+            job = post_job(url, workflow(remote_samples, name="served"))
+            done = follow_job(http_getter(url, "alice"), job["id"], ("succeeded", "failed"), 600)
+            assert done["state"] == "succeeded", done["error"]
+            assert done["result"]["version"] == 1 and done["result"]["published"] == [tf]
+            token = idp.mint(User("alice-sub", "alice"), "tfaas-client")
+            headers = {"Authorization": f"Bearer {token}"}
+
+            def served() -> bool:
+                answer = requests.get(f"{tf}/params/alice.served", headers=headers, timeout=30)
+                return answer.status_code == 200 and answer.json()["version"] == 1
+
+            wait_until(served, 60)
+            # The replica holds the job's own bundle, numbered as the store numbered it.
+            copy = tmp_path / "replica" / "alice.served" / "1"
+            job_params = json.loads((data_dir / "jobs" / job["id"] / "bundle" / "params.json").read_text())
+            assert json.loads((copy / "params.json").read_text())["features"] == job_params["features"]
