@@ -3,6 +3,9 @@ own defaults, then run with the real Debian servers, and their preflight refusal
 
 - redis_broker: redis-server started with the rendered redis.conf answers only with the password, has its
   append-only file on, and keeps what was queued across a restart.
+- job_store_postgres: a PostgreSQL cluster with the rendered settings and pg_hba.conf, and the rendered SQL
+  run twice (creates once): the store's role logs in with its password over TCP; a wrong password, another
+  database or the administrator over TCP are refused.
 - tfaas_balancer: the rendered haproxy.cfg passes ``haproxy -c``; haproxy started with it spreads requests
   over two live replicas, and once one dies every request goes to the other.
 """
@@ -11,10 +14,13 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,8 +39,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def render(tmp_path: Path, role: str, template: str, variables: dict) -> Path:
-    """Render one template of ``role`` with its defaults and ``variables``, after its preflight passed."""
+def render(tmp_path: Path, role: str, template: str, variables: dict, *more: str) -> Path:
+    """Render templates of ``role`` with its defaults and ``variables``, after its preflight passed.
+
+    Returns the first one's path; the others are beside it, named without ``.j2``.
+    """
     destination = tmp_path / template.removesuffix(".j2")
     playbook = tmp_path / "render.yml"
     playbook.write_text(
@@ -54,14 +63,17 @@ def render(tmp_path: Path, role: str, template: str, variables: dict) -> Path:
                                 "public": True,
                             },
                         },
-                        {
-                            "name": "Render",
-                            "ansible.builtin.template": {
-                                "src": str(REPO / "roles" / role / "templates" / template),
-                                "dest": str(destination),
-                                "mode": "0600",
-                            },
-                        },
+                        *(
+                            {
+                                "name": f"Render {name}",
+                                "ansible.builtin.template": {
+                                    "src": str(REPO / "roles" / role / "templates" / name),
+                                    "dest": str(tmp_path / name.removesuffix(".j2")),
+                                    "mode": "0644",
+                                },
+                            }
+                            for name in (template, *more)
+                        ),
                     ],
                 }
             ]
@@ -186,6 +198,108 @@ def test_redis_broker_accepts_a_private_address(preflight):
         "redis_broker", redis_broker_password=PASSWORD, redis_broker_bind=["127.0.0.1", "10.0.0.4"]
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+# PostgreSQL ----------------------------------------------------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def as_postgres(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    """PostgreSQL refuses to run as root: the cluster belongs to Debian's ``postgres`` user."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.fixture
+def postgres_cluster(tmp_path: Path):
+    """A cluster with the role's rendered files; yields (port, the rendered create.sql, its socket folder)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("needs Debian's PostgreSQL 15 (scripts/debian-packages.txt)")
+    port = free_port()
+    variables = {
+        "job_store_postgres_password": PASSWORD,
+        "job_store_postgres_port": port,
+        "job_store_postgres_clients": ["10.0.0.5", "fd00::5"],
+        "job_store_postgres_version": "15",
+    }
+    render(tmp_path, "job_store_postgres", "mlaas4hep.conf.j2", variables, "pg_hba.conf.j2", "create.sql.j2")
+    # pytest's folders are root's alone: the cluster lives where the postgres user can reach it.
+    root = Path(tempfile.mkdtemp(prefix="mlaas4hep-roles-pg-"))
+    shutil.copyfile(tmp_path / "mlaas4hep.conf", root / "mlaas4hep.conf")
+    if os.geteuid() == 0:
+        postgres = pwd.getpwnam("postgres")
+        for path in (root, root / "mlaas4hep.conf"):
+            os.chown(path, postgres.pw_uid, postgres.pw_gid)
+    data = root / "data"
+    initdb = as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=reject")
+    assert initdb.returncode == 0, initdb.stderr
+    shutil.copyfile(tmp_path / "pg_hba.conf", data / "pg_hba.conf")
+    with (data / "postgresql.conf").open("a") as config:
+        config.write(f"\ninclude '{root / 'mlaas4hep.conf'}'\n")
+    options = f"-c unix_socket_directories={root} -c fsync=off"
+    started = as_postgres(
+        str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield port, (tmp_path / "create.sql").read_text(), root
+    finally:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_store_role_and_logins(postgres_cluster, tmp_path):
+    import psycopg
+
+    port, create_sql, socket_dir = postgres_cluster
+    hba = (tmp_path / "pg_hba.conf").read_text()
+    assert "mlaas4hep  mlaas4hep  10.0.0.5/32  scram-sha-256" in hba
+    assert "mlaas4hep  mlaas4hep  fd00::5/128  scram-sha-256" in hba
+    assert "listen_addresses = '127.0.0.1'" in (tmp_path / "mlaas4hep.conf").read_text()
+
+    psql = [str(PG_BIN / "psql"), "--no-psqlrc", "-h", str(socket_dir), "-p", str(port)]
+    first = as_postgres(*psql, input=create_sql)
+    assert first.returncode == 0, first.stderr
+    assert "CREATE ROLE" in first.stdout and "CREATE DATABASE" in first.stdout
+    again = as_postgres(*psql, input=create_sql)
+    assert again.returncode == 0 and "CREATE" not in again.stdout, again.stdout + again.stderr
+
+    login = {"host": "127.0.0.1", "port": port, "connect_timeout": 10}
+    with psycopg.connect(**login, user="mlaas4hep", password=PASSWORD, dbname="mlaas4hep") as connection:
+        assert connection.execute("SELECT current_user").fetchone() == ("mlaas4hep",)
+    refused = [
+        {"user": "mlaas4hep", "password": "not-the-password", "dbname": "mlaas4hep"},
+        {"user": "mlaas4hep", "password": PASSWORD, "dbname": "postgres"},  # another database
+        {"user": "postgres", "password": PASSWORD, "dbname": "mlaas4hep"},  # the administrator over TCP
+    ]
+    for credentials in refused:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(**login, **credentials).close()
+
+
+@pytest.mark.parametrize(
+    ("variables", "words"),
+    [
+        ({}, ["job_store_postgres_password", "0 characters"]),
+        (
+            {"job_store_postgres_password": PASSWORD, "job_store_postgres_listen": ["0.0.0.0"]},
+            ["never every"],
+        ),
+        (
+            {"job_store_postgres_password": PASSWORD, "job_store_postgres_clients": ["10.0.0.0/8"]},
+            ["single IP"],
+        ),
+        ({"job_store_postgres_password": PASSWORD, "job_store_postgres_user": "postgres"}, ["not postgres"]),
+    ],
+    ids=["no-password", "any-address", "whole-network", "admin-user"],
+)
+def test_job_store_postgres_refuses_an_open_store(preflight, variables, words):
+    result = preflight("job_store_postgres", **variables)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    for word in words:
+        assert word in output, f"{word!r} not in:\n{output[-3000:]}"
 
 
 # haproxy -------------------------------------------------------------------------------------------------
