@@ -34,7 +34,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1280,1400",
+    "--window-size=1280,2000",
 )
 JOB_TIMEOUT_S = 300
 
@@ -132,6 +132,7 @@ def test_watch_a_job_finish_on_the_page(browser, idp, tmp_path, remote_samples):
         wait.until(seen.text_to_be_present_in_element((By.ID, "models"), "alice.higgs"))
         folder = screenshot_dir(tmp_path)
         page_png = folder / "mlaas4hep-page.png"
+        browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(page_png))
 
         roc.click()
