@@ -32,7 +32,14 @@ TORCH_LOSSES = {
     "sparse_categorical_crossentropy": ("sparse", "softmax"),
 }
 TORCH_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
-TRAINING_OPTIONS = ("loss", "optimizer", "learning_rate", "max_sample_events", "allow_sample")
+TRAINING_OPTIONS = (
+    "loss",
+    "optimizer",
+    "learning_rate",
+    "max_sample_events",
+    "allow_sample",
+    "feature_cache_mb",
+)
 EPSILON = 1e-7
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # features, class indices, sample weights

@@ -1,6 +1,9 @@
 """The hold-out cache: validation and test events written to disk in the first pass, read back per epoch.
 
-Memory stays bounded by the block size, whatever the number of hold-out events.
+Memory stays bounded by the block size, whatever the number of hold-out events. Disk use may be bounded too
+(issue 16): each event is then kept with the same probability, whatever its class, so that the sample keeps
+the classes' shares (a proportional, stratified sample), and a hard cap stops it at the bound; metrics.json
+states the sampling.
 """
 
 from __future__ import annotations
@@ -17,8 +20,21 @@ HOLDOUT_BLOCK_ROWS = 65_536
 class HoldOut:
     """Validation or test events of the first pass, kept in ``.npy`` blocks on disk, read back in batches."""
 
-    def __init__(self, directory: Path, name: str, dim: int, block_rows: int = HOLDOUT_BLOCK_ROWS) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        dim: int,
+        block_rows: int = HOLDOUT_BLOCK_ROWS,
+        keep_probability: float = 1.0,
+        max_events: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.directory = directory
+        self.keep_probability = keep_probability
+        self.max_events = max_events
+        self.rng = np.random.default_rng([seed, len(name)])
+        self.seen = 0
         self.name = name
         self.dim = dim
         self.block_rows = block_rows
@@ -29,6 +45,15 @@ class HoldOut:
         self._buffered = 0
 
     def append(self, x: np.ndarray, y: np.ndarray) -> None:
+        if len(y) == 0:
+            return
+        self.seen += len(y)
+        if self.keep_probability < 1.0:
+            keep = self.rng.random(len(y)) < self.keep_probability
+            x, y = x[keep], y[keep]
+        if self.max_events is not None:
+            room = max(self.max_events - self.events, 0)
+            x, y = x[:room], y[:room]
         if len(y) == 0:
             return
         self._x.append(x)
@@ -50,6 +75,17 @@ class HoldOut:
         np.save(paths[1], np.concatenate(self._y))
         self.blocks.append(paths)
         self._x, self._y, self._buffered = [], [], 0
+
+    def sampling(self) -> dict[str, object] | None:
+        """How the part was sampled, or None when every event was kept."""
+        if self.seen == self.events:
+            return None
+        return {
+            "kept": self.events,
+            "of": self.seen,
+            "keep_probability": round(self.keep_probability, 6),
+            "max_events": self.max_events,
+        }
 
     def labels(self) -> np.ndarray:
         self.flush()

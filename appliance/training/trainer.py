@@ -34,6 +34,7 @@ from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
 from appliance.data.workflow import Workflow, load_workflow
 from appliance.training.bundle import check_output_directory, write_bundle
 from appliance.training.evaluation import roc_metrics
+from appliance.training.feature_cache import DEFAULT_FEATURE_CACHE_MB, FeatureCache
 from appliance.training.frameworks import (
     Batch,
     FrameworkModel,
@@ -64,7 +65,8 @@ def now() -> str:
 class EpochCounter:
     """Events that went through the stream in the current epoch (written by the tf.data generator)."""
 
-    read: int = 0
+    read: int = 0  # events streamed from the ROOT files
+    cached: int = 0  # training events read back from the feature cache
     trained: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -80,6 +82,8 @@ class Trainer:
         workdir: Path,
         class_weights: Mapping[int, float] | None = None,
         progress: Progress | None = None,
+        feature_cache: FeatureCache | None = None,
+        holdout_bound_bytes: int = 0,
     ) -> None:
         self.stream = stream
         self.model = model
@@ -87,8 +91,13 @@ class Trainer:
         self.params = stream.wf.params
         self.class_weights = dict(class_weights) if class_weights else None
         self.progress = progress or (lambda event: None)
-        self.validation = HoldOut(workdir, "validation", stream.dim)
-        self.test = HoldOut(workdir, "test", stream.dim)
+        total, split = stream.total_events, self.params.split
+        parts = {"validation": total * (1 - split) * self.params.validation_split, "test": total * split}
+        self.validation, self.test = (
+            _bounded_holdout(workdir, name, stream.dim, parts[name], holdout_bound_bytes, self.params.seed)
+            for name in ("validation", "test")
+        )
+        self.cache = feature_cache
         self.history: list[dict[str, Any]] = []
         self.events_read = 0
         self.failure: Exception | None = None
@@ -152,7 +161,15 @@ class Trainer:
     def train_arrays(self, epoch: int, counter: EpochCounter) -> Iterator[Batch]:
         """(features, class indices, sample weights or None) of the training events of one pass; the first
         pass also fills the validation and test caches."""
+        weighted = self.class_weights is not None
+        if epoch > 0 and self.cache is not None and self.cache.ready:
+            for x, y in self.cache.blocks(epoch):
+                counter.cached += len(y)
+                counter.trained += len(y)
+                yield x, y, (self._weights(y) if weighted else None)
+            return
         first_pass = epoch == 0
+        caching = first_pass and self.cache is not None and self.cache.writing
         for chunk in self.stream.chunks(epoch=epoch):
             counter.read += len(chunk)
             if first_pass:
@@ -161,11 +178,15 @@ class Trainer:
             x, y = chunk.part(TRAIN)
             if len(y) == 0:
                 continue
+            if caching:
+                self.cache.append(x, y)  # type: ignore[union-attr]
             counter.trained += len(y)
-            yield x, y, (self._weights(y) if self.class_weights is not None else None)
+            yield x, y, (self._weights(y) if weighted else None)
         if first_pass:
             self.validation.flush()
             self.test.flush()
+            if caching:
+                self.cache.finish()  # type: ignore[union-attr]
 
     def holdout_dataset(self, holdout: HoldOut, with_targets: bool = True) -> Any:
         n_classes = self.stream.n_classes
@@ -197,11 +218,13 @@ class Trainer:
             record |= losses
             if self.validation.events:
                 record |= {f"val_{k}": v for k, v in self._evaluate(self.validation).items()}
+            passed = counter.read + counter.cached
             record |= {
                 "events_read": counter.read,
+                "events_from_cache": counter.cached,
                 "events_trained": counter.trained,
                 "seconds": round(seconds, 3),
-                "events_per_s": round(counter.read / seconds, 1) if seconds > 0 else None,
+                "events_per_s": round(passed / seconds, 1) if seconds > 0 else None,
                 "train_events_per_s": round(counter.trained / seconds, 1) if seconds > 0 else None,
             }
             self.history.append(record)
@@ -352,6 +375,28 @@ def training_device() -> str:
     return gpus[0].name if gpus else "/device:CPU:0"
 
 
+def _bounded_holdout(
+    workdir: Path, name: str, dim: int, expected: float, bound_bytes: int, seed: int
+) -> HoldOut:
+    """A hold-out part on at most ``bound_bytes`` of disk (0: no bound): a proportional random sample whose
+    expected size is a little under the bound, and a hard cap at it."""
+    if bound_bytes <= 0:
+        return HoldOut(workdir, name, dim)
+    cap = max(bound_bytes // (dim * 4 + 8), 1)
+    probability = min(1.0, 0.98 * cap / expected) if expected > 0 else 1.0
+    return HoldOut(workdir, name, dim, keep_probability=probability, max_events=cap, seed=seed)
+
+
+def _cache_bound(training: Mapping[str, Any]) -> int:
+    """``training.feature_cache_mb`` in bytes (0 turns the cache off)."""
+    megabytes = training.get("feature_cache_mb", DEFAULT_FEATURE_CACHE_MB)
+    if not isinstance(megabytes, int | float) or isinstance(megabytes, bool) or megabytes < 0:
+        raise BadInputError(
+            f"params.json: training.feature_cache_mb must be a number >= 0, got {megabytes!r}"
+        )
+    return int(megabytes * 2**20)
+
+
 def framework_device(model: Any) -> str:
     """Where the model trains: Keras's device, or the PyTorch module's; estimators train on the CPU."""
     if isinstance(model, TorchModel):
@@ -414,6 +459,7 @@ def run_training(
 
     wf = load_workflow(files, labels, params, preproc, specs)
     preflight_model(model)
+    cache_bound = _cache_bound(wf.params.training)
     report({"stage": "specs", "files": len(wf.files), "time": now()})
     spec = load_or_compute_specs(wf)
     refuse_nonfinite(spec)
@@ -438,8 +484,8 @@ def run_training(
         seed=wf.params.seed,
     )
     device = framework_device(user_model)
+    train_share = (1.0 - wf.params.split) * (1.0 - wf.params.validation_split)
     if isinstance(user_model, FrameworkModel):
-        train_share = (1.0 - wf.params.split) * (1.0 - wf.params.validation_split)
         user_model.check_stream(int(stream.total_events * train_share))
     class_weights = stream.class_weights() if wf.params.class_weight == "balanced" else None
     parameters = user_model.count_params()
@@ -459,7 +505,10 @@ def run_training(
     fout.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".mlaas4hep-holdout-", dir=fout.parent))
     try:
-        trainer = Trainer(stream, user_model, encoding, workdir, class_weights, report)
+        cache = FeatureCache(workdir, spec.dim, cache_bound, wf.params.seed)
+        if wf.params.epochs > 1:
+            cache.plan(int(stream.total_events * train_share))
+        trainer = Trainer(stream, user_model, encoding, workdir, class_weights, report, cache, cache_bound)
         history = trainer.fit()
         report({"stage": "evaluate", "events": trainer.test.events, "time": now()})
         test, roc = trainer.evaluate()
@@ -524,6 +573,8 @@ def _metrics_document(
             "total": stream.total_events,
             "validation": trainer.validation.events,
             "test": trainer.test.events,
+            "validation_sample": trainer.validation.sampling(),
+            "test_sample": trainer.test.sampling(),
             "train": trainer.history[0]["events_trained"] if trainer.history else 0,
             "read": trainer.events_read,
         },
@@ -531,6 +582,7 @@ def _metrics_document(
         "parameters": model.count_params(),
         "framework": framework_name(model),
         "sample": getattr(model, "sample_note", None),
+        "feature_cache": trainer.cache.note if trainer.cache is not None else None,
         "device": device,
         "seed": wf.params.seed,
         "epochs": wf.params.epochs,

@@ -51,7 +51,7 @@ def test_test_and_validation_parts_are_held_out_in_the_original_proportions(sepa
     assert events["train"] + events["validation"] + events["test"] == events["total"]
     assert events["test"] == pytest.approx(0.20 * 8000, rel=0.1)
     assert events["validation"] == pytest.approx(0.16 * 8000, rel=0.1)
-    assert events["read"] == 3 * 8000  # three real epochs over the whole stream
+    assert events["read"] == 8000  # one pass over the files; epochs 2 and 3 read the feature cache
     assert document["test"]["events"] == events["test"]
     assert document["test"]["class_events"][1] == pytest.approx(0.2 * 3000, rel=0.15)
 
@@ -64,9 +64,12 @@ def test_every_epoch_reports_progress_with_validation_and_rate(separable):
         e for e in separable["events"] if e["stage"] == "train" and e["epoch"] > 0 and not e.get("partial")
     ]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    train_events = epochs[0]["events_trained"]
+    assert [e["events_read"] for e in epochs] == [8000, 0, 0]
+    assert [e["events_from_cache"] for e in epochs] == [0, train_events, train_events]
     for record in epochs:
         assert record["epochs"] == 3
-        assert record["events_read"] == 8000
+        assert record["events_trained"] == train_events
         assert record["events_per_s"] > 0
         assert record["loss"] > 0 and record["val_loss"] > 0
         assert "time" in record
