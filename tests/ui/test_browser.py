@@ -18,7 +18,7 @@ import requests
 from tests.auth.cases import ALICE, AUDIENCE, BOB, service_auth
 from tests.auth.idp import IdentityProvider
 from tests.auth.mlaas_server import data_directory, mlaas_api
-from tests.server.conftest import TINY_MODEL, TINY_PARAMS, worker_process
+from tests.server.conftest import ENDLESS_PARAMS, TINY_MODEL, TINY_PARAMS, worker_process
 from tests.tfaas.server import tfaas_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -143,6 +143,30 @@ def test_watch_a_job_finish_on_the_page(browser, idp, tmp_path, remote_samples):
         for png in (page_png, roc_png):
             assert png.read_bytes().startswith(b"\x89PNG")
             print(f"screenshot: {png}")
+
+        # The page's own form: bad JSON is said; a job submitted there is cancelled, then deleted.
+        browser.find_element(By.ID, "viewer").click()
+        workflow = browser.find_element(By.ID, "workflow")
+        workflow.clear()
+        workflow.send_keys("{not json")
+        browser.find_element(By.CSS_SELECTOR, "#submit button[type=submit]").click()
+        wait.until(seen.text_to_be_present_in_element((By.ID, "notice"), "not valid JSON"))
+        endless = {**body, "name": "endless", "params": ENDLESS_PARAMS}
+        browser.execute_script("arguments[0].value = arguments[1]", workflow, json.dumps(endless))
+        browser.find_element(By.CSS_SELECTOR, "#submit button[type=submit]").click()
+        wait.until(seen.text_to_be_present_in_element((By.ID, "notice"), "alice.endless"))
+        wait.until(seen.text_to_be_present_in_element((By.ID, "detail-facts"), "alice.endless"))
+        wait.until(seen.element_to_be_clickable((By.ID, "cancel"))).click()
+        WebDriverWait(browser, 60).until(
+            seen.text_to_be_present_in_element((By.ID, "detail-state"), "cancelled")
+        )
+        endless_id = browser.find_element(By.ID, "detail-id").text
+        wait.until(seen.element_to_be_clickable((By.ID, "delete"))).click()
+        browser.switch_to.alert.accept()
+        wait.until(seen.invisibility_of_element_located((By.CSS_SELECTOR, f'tr[data-job="{endless_id}"]')))
+        gone = requests.get(f"{api}/jobs/{endless_id}", headers=bearer(token), timeout=30)
+        assert gone.status_code == 404
+        assert not (data_dir / "jobs" / endless_id).exists()
 
 
 def bearer(token: str) -> dict[str, str]:
