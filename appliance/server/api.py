@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> Flask:
     with contextlib.suppress(PermissionError):  # uploads are nobody else's business, jobs' least of all
         settings.uploads_dir.chmod(0o700)
     app.extensions[SERVER_NAME] = queue = JobQueue(settings)
+    queue.announce_front()
     app.register_blueprint(_service_routes())
     app.register_blueprint(metrics.blueprint(queue))
     for group in (routes_jobs, routes_prototype, routes_downloads, routes_ui):

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from appliance.server.context import job_queue, json_response
 from appliance.server.openapi import json_content, operation
-from appliance.server.queue import JobQueue, appliance_version
+from appliance.server.queue import JobQueue
 from appliance.server.store import QUEUED, iso
 
 HEALTH_ANSWER = {
@@ -35,13 +35,17 @@ REGISTRY_KEY = "mlaas4hep.metrics"
 
 def health(queue: JobQueue) -> dict[str, Any]:
     states = queue.store.count_by_state()
-    version = queue.settings.worker_version or appliance_version()
+    version = queue.version
     workers = [
         {
             "id": worker.id,
             "host": worker.host,
             "version": worker.version,
             "version_matches": worker.version == version,
+            # such a worker takes no job (appliance.server.queue.version_refusal)
+            "refuses_jobs": None
+            if worker.version == version
+            else f"version {worker.version}, the front {version}",
             "running": worker.running,
             "heartbeat": iso(worker.heartbeat),
         }

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "mlaas4hep.run_job"
 NO_IDENTITY_RETRY_S = 5
+FRONT_VERSION = "front_version"
 
 
 def new_job_id() -> str:
@@ -121,12 +122,27 @@ class JobQueue:
                 requeued.append(job.id)
         return {"failed": failed, "requeued": requeued}
 
+    @property
+    def version(self) -> str:
+        return self.settings.worker_version or appliance_version()
+
+    def announce_front(self) -> None:
+        """The API records its version in the store: workers of another version refuse jobs."""
+        self.store.set_info(FRONT_VERSION, self.version)
+
+    def version_refusal(self) -> str | None:
+        """Why this worker must not run jobs (its version is not the front's), or None."""
+        front = self.store.info(FRONT_VERSION)
+        if front is None or front == self.version:
+            return None
+        return f"this worker runs version {self.version}, the front {front}: upgrade or downgrade it to match"
+
     # -- the worker's heartbeat ------------------------------------------------------------------------------
 
     def beat(self) -> None:
         """Say in the store that this worker lives (for /health, /metrics), and fail the running jobs of
         workers that went silent on any machine: a worker killed mid-job leaves its job failed, with why."""
-        version = self.settings.worker_version or appliance_version()
+        version = self.version
         with self._running_lock:
             running = self._running
         self.store.worker_beat(worker_id(), socket.gethostname(), version, running)
@@ -163,6 +179,12 @@ class JobQueue:
 
     def run_job(self, job_id: str) -> None:
         """The huey task: claim the job and its uid, run its training subprocess, record the outcome."""
+        refusal = self.version_refusal()
+        if refusal is not None:
+            # Another worker (of the front's version) may take it; this one asks again later.
+            log.error("job %s not taken: %s", job_id, refusal)
+            self._task.schedule(args=(job_id,), delay=NO_IDENTITY_RETRY_S, id=job_id)
+            return
         try:
             job = self.store.claim(job_id, worker_id(), job_uids(self.settings))
         except NoFreeIdentityError as err:

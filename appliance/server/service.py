@@ -69,6 +69,9 @@ def worker(args: argparse.Namespace) -> int:
     else:
         secure_data_dir(settings)
         log.info("jobs run as uids %d-%d, network %s", uids[0], uids[-1], settings.job_network)
+    refusal = queue.version_refusal()
+    if refusal is not None:
+        log.error("this worker takes no job: %s", refusal)
     recovered = queue.recover()
     if recovered["failed"] or recovered["requeued"]:
         log.warning("recovered after restart: failed %s, queued again %s", recovered["failed"],

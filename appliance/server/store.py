@@ -32,6 +32,7 @@ CLAIM_LOCK_KEY = 0x4D4C4153
 MIGRATION_LOCK_KEY = CLAIM_LOCK_KEY + 1
 VERSION_LOCK_KEY = CLAIM_LOCK_KEY + 2
 DELIVERY_LOCK_KEY = CLAIM_LOCK_KEY + 3
+INFO_LOCK_KEY = CLAIM_LOCK_KEY + 4
 
 
 def now() -> float:
@@ -149,6 +150,12 @@ deliveries = sa.Table(
     sa.Column("lease_until", sa.Float),
     sa.Column("error", sa.Text),
     sa.Column("delivered", sa.Float),
+)
+service_info = sa.Table(
+    "service_info",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )
 JSON_COLUMNS = ("resources", "result", "request")
 PENDING, DELIVERED, REFUSED = "pending", "delivered", "refused"
@@ -392,6 +399,18 @@ class JobStore:
             db.execute(workers.delete().where(workers.c.heartbeat < limit - 24 * 3600))  # long dead
             rows = db.execute(workers.select().where(workers.c.heartbeat >= limit).order_by(workers.c.id))
             return [WorkerBeat(**row) for row in rows.mappings().all()]
+
+    def set_info(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            self._serialise(db, INFO_LOCK_KEY)
+            if not db.execute(
+                service_info.update().where(service_info.c.key == key).values(value=value)
+            ).rowcount:
+                db.execute(service_info.insert().values(key=key, value=value))
+
+    def info(self, key: str) -> str | None:
+        with self._transaction() as db:
+            return db.execute(sa.select(service_info.c.value).where(service_info.c.key == key)).scalar()
 
     # -- models across machines ------------------------------------------------------------------------------
 

@@ -64,3 +64,22 @@ def test_health_and_metrics_follow_the_store(make_app) -> None:
     assert values[("mlaas4hep_jobs", (("state", "running"),))] == 1
     assert values[("mlaas4hep_jobs", (("state", "failed"),))] == 0
     assert values[("mlaas4hep_worker_running_jobs", (("worker", "hostA:1"),))] == 1
+
+
+def test_a_worker_of_another_version_refuses_jobs_and_says_why(make_app, data_dir) -> None:
+    from appliance.server.queue import JobQueue
+    from appliance.server.settings import Settings
+    from tests.server.conftest import server_env
+
+    client = make_app()  # the front records its version in the store
+    front = client.application.extensions[SERVER_NAME]
+    assert front.version_refusal() is None
+    add_jobs(front.store, 1)
+    other = JobQueue(Settings.load(environ=server_env(data_dir, worker_version="0.0.0-other")))
+    refusal = other.version_refusal()
+    assert refusal is not None and "0.0.0-other" in refusal and appliance_version() in refusal
+    other.run_job(f"{0:032x}")
+    assert other.store.get(f"{0:032x}").state == QUEUED  # not taken: it waits for a worker that matches
+    other.beat()
+    (worker,) = client.get("/health").get_json()["workers"]
+    assert worker["version_matches"] is False and "0.0.0-other" in worker["refuses_jobs"]
