@@ -59,8 +59,13 @@ def blueprint() -> flask.Blueprint:
 
     @bp.get("/ui/<name>")
     @operation(
-        "the page's script and style",
-        {200: {"description": "the file", "content": {"text/javascript": {}, "text/css": {}}}},
+        "the page's script and style (and the page itself as index.html)",
+        {
+            200: {
+                "description": "the file",
+                "content": {kind: {} for kind in sorted(set(STATIC_FILES.values()))},
+            }
+        },
         errors=(404,),
         parameters=[path_parameter("name", enum=sorted(STATIC_FILES))],
     )
