@@ -6,6 +6,7 @@ PY=${MLAAS4HEP_VENV:-.venv}/bin/python
 for bench in streaming_bench training_bench tfaas_bench predict_bench soak faults; do
   [[ -f bench/$bench.py ]] && "$PY" bench/$bench.py
 done
+"$PY" bench/faults.py --api  # the MLaaS4HEP API's section of results/faults.md
 {
   echo "# Benchmark results"
   echo
