@@ -379,3 +379,88 @@ def is_torch_module(value: Any) -> bool:
 def _describe(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
+
+
+# -- the declarative JSON model with "framework": "torch" ---------------------------------------------------
+
+TORCH_ACTIVATIONS = {
+    "relu": "ReLU",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "elu": "ELU",
+    "selu": "SELU",
+    "gelu": "GELU",
+    "swish": "SiLU",
+    "silu": "SiLU",
+    "leaky_relu": "LeakyReLU",
+    "softplus": "Softplus",
+    "softsign": "Softsign",
+    "relu6": "ReLU6",
+    "mish": "Mish",
+    "softmax": "Softmax",
+}
+# Keras loss names of a JSON model -> the logits loss the module is trained with (its last sigmoid or softmax
+# is left out of the module and put back by the export and the predictions).
+TORCH_JSON_LOSSES = {
+    "binary_crossentropy": "bce_with_logits",
+    "sparse_categorical_crossentropy": "cross_entropy",
+    "categorical_crossentropy": "cross_entropy",
+}
+
+
+def build_torch_json_model(
+    data: Mapping[str, Any], idim: int, n_classes: int, source: str, check_layer: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A ``torch.nn.Sequential`` from a JSON model's layers (checked by ``check_layer``, the Keras builder's
+    own checks), and its training options (loss, optimizer, learning rate)."""
+    import torch
+
+    layers_data = data.get("layers")
+    if not isinstance(layers_data, list) or not layers_data:
+        raise BadInputError(f'{source}: "layers" must be a non-empty list of layer objects')
+    modules: list[Any] = []
+    width = idim
+    last_activation = "linear"
+    for i, layer in enumerate(layers_data):
+        where = f"{source}: layer {i + 1}"
+        kind, options = check_layer(layer, where)
+        activation = options.get("activation", "linear")
+        if kind == "Dense":
+            modules.append(torch.nn.Linear(width, options["units"], bias=options.get("use_bias", True)))
+            width = options["units"]
+        elif kind == "Dropout":
+            modules.append(torch.nn.Dropout(options["rate"]))
+        elif kind == "BatchNormalization":
+            momentum = 1.0 - options.get("momentum", 0.99)  # Keras keeps the old share, torch the new one
+            modules.append(torch.nn.BatchNorm1d(width, eps=options.get("epsilon", 1e-3), momentum=momentum))
+        elif kind == "LayerNormalization":
+            modules.append(torch.nn.LayerNorm(width, eps=options.get("epsilon", 1e-3)))
+        elif kind != "Activation":
+            raise BadInputError(f'{where}: {kind} is not available with "framework": "torch"')
+        if kind in ("Dense", "Activation") and activation != "linear":
+            if activation not in TORCH_ACTIVATIONS:
+                raise BadInputError(f"{where}: activation {activation!r} is not available with PyTorch")
+            name = TORCH_ACTIVATIONS[activation]
+            modules.append(getattr(torch.nn, name)(dim=1) if name == "Softmax" else getattr(torch.nn, name)())
+        last_activation = activation if kind in ("Dense", "Activation") else last_activation
+    loss = data.get("loss", "binary_crossentropy" if width == 1 else "sparse_categorical_crossentropy")
+    if not isinstance(loss, str) or loss not in TORCH_JSON_LOSSES:
+        raise BadInputError(
+            f"{source}: loss {loss!r} is not available with PyTorch; known: {', '.join(TORCH_JSON_LOSSES)}"
+        )
+    if last_activation in ("sigmoid", "softmax"):
+        modules.pop()  # trained on logits, squashed again when predicting and in the export
+    elif last_activation != "linear":
+        raise BadInputError(f"{source}: the last layer's activation must be sigmoid, softmax or linear")
+    optimizer = data.get("optimizer", "adam")
+    if not isinstance(optimizer, str | Mapping):
+        raise BadInputError(f'{source}: "optimizer" is a name or an object with a "name", got {optimizer!r}')
+    spec = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
+    extra = sorted(set(spec) - {"name", "learning_rate"})
+    if extra:
+        listed = ", ".join(extra)
+        raise BadInputError(f"{source}: optimizer option(s) {listed} are not available with PyTorch")
+    settings = {"loss": TORCH_JSON_LOSSES[loss], "optimizer": spec.get("name", "adam")}
+    if "learning_rate" in spec:
+        settings["learning_rate"] = spec["learning_rate"]
+    return torch.nn.Sequential(*modules), settings

@@ -32,6 +32,7 @@ import numpy as np
 from appliance.training.frameworks import (
     EstimatorModel,
     FrameworkModel,
+    build_torch_json_model,
     is_estimator,
     is_torch_module,
     torch_model,
@@ -95,7 +96,8 @@ OPTIMIZER_OPTIONS = (
     "epsilon",
     "clipnorm",
 )
-JSON_MODEL_KEYS = ("layers", "loss", "optimizer", "metrics")
+JSON_MODEL_KEYS = ("layers", "loss", "optimizer", "metrics", "framework")
+JSON_FRAMEWORKS = ("keras", "torch")
 
 
 @dataclass(frozen=True)
@@ -149,19 +151,27 @@ def load_model(
     if not path.is_file():
         raise BadInputError(f"model file {source!r} does not exist")
     if path.suffix == ".json":
-        model: Any = build_json_model(_read_json_model(path), idim, n_classes, source=source)
+        data = _read_json_model(path)
+        if _json_framework(data, source) == "torch":
+            module, settings = build_torch_json_model(data, idim, n_classes, source, check_json_layer)
+            options = {**training_options(options or {}, "params.json"), **settings}
+            wrapped: FrameworkModel = torch_model(module, options, idim, n_classes, batch_size, source)
+            return wrapped, _framework_encoding(wrapped, n_classes)
+        model: Any = build_json_model(data, idim, n_classes, source=source)
     else:
         model = _call_python_model(path, idim)
     if isinstance(model, keras.Model):
         return model, check_model(model, idim, n_classes, source=source)
     options = training_options(options or {}, "params.json")
     if is_torch_module(model):
-        wrapped: FrameworkModel = torch_model(model, options, idim, n_classes, batch_size, source)
+        wrapped = torch_model(model, options, idim, n_classes, batch_size, source)
     else:
         wrapped = EstimatorModel(model, n_classes, options, seed, source)
-    return wrapped, TargetEncoding(
-        wrapped.encoding_mode, 1 if wrapped.encoding_mode == "binary" else n_classes
-    )
+    return wrapped, _framework_encoding(wrapped, n_classes)
+
+
+def _framework_encoding(model: FrameworkModel, n_classes: int) -> TargetEncoding:
+    return TargetEncoding(model.encoding_mode, 1 if model.encoding_mode == "binary" else n_classes)
 
 
 def preflight_model(path: str | Path) -> None:
@@ -171,7 +181,11 @@ def preflight_model(path: str | Path) -> None:
     if not path.is_file():
         raise BadInputError(f"model file {str(path)!r} does not exist")
     if path.suffix == ".json":
-        build_json_model(_read_json_model(path), 1, 2, source=str(path))
+        data = _read_json_model(path)
+        if _json_framework(data, str(path)) == "torch":
+            build_torch_json_model(data, 1, 2, str(path), check_json_layer)
+        else:
+            build_json_model(data, 1, 2, source=str(path))
         return
     try:
         compile(path.read_bytes(), str(path), "exec")
@@ -267,7 +281,25 @@ def build_json_model(data: Any, idim: int, n_classes: int, source: str = "model.
     return model
 
 
+def _json_framework(data: Any, source: str) -> str:
+    framework = data.get("framework", "keras") if isinstance(data, Mapping) else "keras"
+    if framework not in JSON_FRAMEWORKS:
+        raise BadInputError(
+            f'{source}: unknown "framework" {framework!r}; known: {", ".join(JSON_FRAMEWORKS)}'
+        )
+    return framework
+
+
 def _json_layer(layer: Any, where: str) -> keras.layers.Layer:
+    kind, options = check_json_layer(layer, where)
+    try:
+        return getattr(keras.layers, kind)(**options)
+    except (ValueError, TypeError) as err:
+        raise BadInputError(f"{where}: {kind}: {_describe(err)}") from None
+
+
+def check_json_layer(layer: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """A JSON layer's type and options, checked against the lists above (shared by Keras and PyTorch)."""
     if not isinstance(layer, Mapping) or "type" not in layer:
         raise BadInputError(f'{where}: a layer is an object with a "type", got {layer!r}')
     kind = layer["type"]
@@ -291,10 +323,7 @@ def _json_layer(layer: Any, where: str) -> keras.layers.Layer:
         raise BadInputError(f"{where}: units must be positive, got {options['units']}")
     if "rate" in options and not 0 <= options["rate"] < 1:
         raise BadInputError(f"{where}: rate must be in [0, 1), got {options['rate']}")
-    try:
-        return getattr(keras.layers, kind)(**options)
-    except (ValueError, TypeError) as err:
-        raise BadInputError(f"{where}: {kind}: {_describe(err)}") from None
+    return kind, options
 
 
 def _json_optimizer(spec: Any, source: str) -> keras.optimizers.Optimizer:

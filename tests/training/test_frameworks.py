@@ -15,7 +15,7 @@ import pytest
 
 from appliance.training.trainer import run_training
 from servicecore.errors import BadInputError
-from tests.training.conftest import write_workflow
+from tests.training.conftest import SMALL_MODEL, write_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -214,3 +214,39 @@ def test_bad_framework_models_are_refused_naming_the_culprit(tmp_path, sample_fi
         train_with(tmp_path, [sample_files["signal"], sample_files["background"]], source, params=params)
     assert not (tmp_path / "out" / "model").exists()
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_the_json_model_trains_with_pytorch_when_it_says_so(tmp_path, sample_files):
+    model = json.dumps({**SMALL_MODEL, "framework": "torch"})
+    workflow = write_workflow(
+        tmp_path / "workflow", [sample_files["signal"], sample_files["background"]], [1, 0], model=model
+    )
+    result = run_training(**workflow.kwargs(fout=tmp_path / "out" / "json"), publish=tmp_path / "models")
+    metrics = check_bundle(result, "torch")
+    assert result["metrics"]["auc"] > 0.85
+    assert metrics["parameters"] == metrics["features"] * 16 + 16 + 16 + 1
+    # The module ends in the sigmoid of the JSON model again, in the export: probabilities, one column.
+    x = np.random.default_rng(5).random((8, metrics["features"]), dtype=np.float32)
+    outputs = onnx_outputs(Path(result["bundle"]), x)
+    assert outputs.shape == (8, 1) and outputs.min() >= 0 and outputs.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"framework": "jax"}, r"unknown \"framework\" 'jax'; known: keras, torch"),
+        (
+            {"layers": [{"type": "GaussianNoise", "stddev": 0.1}, {"type": "Dense", "units": 1}]},
+            r"layer 1: GaussianNoise is not available with \"framework\": \"torch\"",
+        ),
+        ({"loss": "hinge"}, r"loss 'hinge' is not available with PyTorch"),
+        ({"optimizer": {"name": "adam", "beta_1": 0.8}}, r"optimizer option\(s\) beta_1 are not available"),
+    ],
+)
+def test_a_json_model_for_pytorch_is_checked_before_any_pass(tmp_path, change, message):
+    from appliance.training.models import preflight_model
+
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**SMALL_MODEL, "framework": "torch", **change}))
+    with pytest.raises(BadInputError, match=message):
+        preflight_model(path)
