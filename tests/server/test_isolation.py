@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from appliance.server.isolation import processes_of
 from appliance.server.network import JobNetwork, parse_endpoints
 from appliance.server.publisher import BundleRefused, BundleRules, checked_copy
 from servicecore.errors import BadInputError
@@ -32,6 +34,7 @@ from tests.server.conftest import (
     follow_job,
     http_getter,
     tar_gz,
+    wait_until,
     worker_process,
     workflow,
 )
@@ -300,6 +303,33 @@ def test_each_running_job_gets_a_uid_no_other_running_job_holds(tmp_path):
     store.finish(first.id, FINISHED_STATES[0])
     assert store.claim(f"{2:032x}", "w:1", uids).uid == 61000  # a finished job's uid is free again
     assert store.claim(f"{3:032x}", "w:1", None).uid is None  # a worker that is not root gives none
+
+
+@needs_root
+def test_a_job_its_dead_worker_left_running_is_failed_and_stopped(tmp_path):
+    """A job runs in its own session under its uid: when its worker dies, the next worker must end it."""
+    from appliance.server.queue import JobQueue
+    from appliance.server.settings import Settings
+    from appliance.server.store import FAILED, QUEUED, Job
+
+    uid = JOB_UIDS[-1]
+    queue = JobQueue(Settings(data_dir=tmp_path, job_uids=f"{JOB_UIDS[0]}-{JOB_UIDS[-1]}"))
+    queue.store.add(Job("c" * 32, "alice", "x", "alice.x", QUEUED, resources={}, created=1.0))
+    dead_worker = subprocess.Popen(["true"])
+    dead_worker.wait()
+    queue.store.claim("c" * 32, f"{socket.gethostname()}:{dead_worker.pid}", range(uid, uid + 1))
+    training = subprocess.Popen(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", "sleep", "300"],
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: training.pid in processes_of(uid), 10)
+        assert queue.recover()["failed"] == ["c" * 32]
+        assert queue.store.get("c" * 32).state == FAILED
+        assert training.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        training.kill()
+        training.wait()
 
 
 @needs_root
