@@ -13,6 +13,9 @@ without an answer exactly. A reload window is from the start of an upload to 3 s
 worker rescans every second and then loads the new version).
 
 usage: python bench/soak.py [--minutes 5] [--clients 64] [--republish-s 10] [--workers 2] [--oidc]
+
+One script although above 400 lines: the load, the probe, the republisher and the report share one
+timeline, and a benchmark is read top to bottom.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ state = 'queued'); the same transaction gives it a uid of the reserved range tha
 (claims are serialised: SQLite's BEGIN IMMEDIATE, PostgreSQL's transaction-scoped advisory lock, and a unique
 index on the uids of running jobs backs that up), so two jobs never share an identity, whichever machine runs
 them. Workers write heartbeats to ``workers``, which /health and /metrics read.
+
+One module although above 400 lines: the tables and the transactions over them are one schema, and each
+query reads best beside the table it touches (the claim's locking beside the uid index, say).
 """
 
 from __future__ import annotations

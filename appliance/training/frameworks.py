@@ -10,6 +10,9 @@ Options come from params.json's ``training`` object (``loss``, ``optimizer``, ``
 ``max_sample_events``, ``allow_sample``), or for a PyTorch module from what ``model(idim)`` returns beside it:
 ``(module, {"loss": ...})`` or ``{"model": module, "loss": ..., "optimizer": ...}``, where ``loss`` and
 ``optimizer`` may also be a torch loss module or optimizer instance.
+
+One module although above 400 lines: the PyTorch and the estimator adapters answer the same few calls of
+the trainer (fit a chunk, predict, export), and reading them side by side shows that they do.
 """
 
 from __future__ import annotations
