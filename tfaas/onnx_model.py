@@ -14,24 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from servicecore.errors import BadInputError
+from servicecore.errors import BadInputError, ConflictError
 from tfaas.engine import first_line
 from tfaas.predictor import INPUT_KEYS, OUTPUT_KEYS, LoadedModel, _pick
-from tfaas.repository import Bundle
+from tfaas.repository import ONNX_MODEL, Bundle
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 ENGINE = "onnx"
 
 
 def load_onnx_model(bundle: Bundle, threads: int = 1) -> LoadedModel:
     """Load ``model.onnx`` with ``threads`` intra-op threads (one by default: the workers are the
-    parallelism); raise BadInputError naming the problem if it cannot be served."""
+    parallelism); raise BadInputError naming the problem if it cannot be served, and ConflictError (409: the
+    model exists, but in a state that cannot answer) for a bundle the training marked not servable."""
     if bundle.params.get("servable") is False:
         reason = bundle.params.get("unservable_reason") or "no reason recorded"
-        raise BadInputError(f"model {bundle.name!r} is marked not servable: {reason}")
-    path = bundle.path / str(bundle.params.get("model") or ONNX_FILE)
+        raise ConflictError(f"model {bundle.name!r} is marked not servable: {reason}")
+    path = bundle.path / str(bundle.params.get("model") or ONNX_MODEL)
     if not path.is_file():
         raise BadInputError(f"model {bundle.name!r} has no {path.name}")
     session = _session(path, threads, bundle.name)

@@ -57,7 +57,7 @@ class LoadedModel:
     output_name: str
     dim: int
     n_outputs: int | None
-    engine: str  # "numpy" or "tensorflow"
+    engine: str  # "numpy", "tensorflow" or "onnx"
     run: Callable[[np.ndarray], np.ndarray]
     batcher: Batcher | None = None
     warmed: bool = False  # it has answered a warm-up prediction: only then may a request reach it
@@ -343,14 +343,19 @@ class ModelStore:
 
     def build(self, bundle: Bundle) -> LoadedModel:
         """Load and warm up: the model answers one prediction before any request can reach it."""
-        model = load_model(bundle, self.settings.numpy_engine, self.settings.tf_threads)
+        if bundle.params.get("runtime") == "onnx":
+            from tfaas.onnx_model import load_onnx_model  # it builds on this module's LoadedModel
+
+            model = load_onnx_model(bundle, self.settings.tf_threads)
+        else:
+            model = load_model(bundle, self.settings.numpy_engine, self.settings.tf_threads)
         try:
             model.run(np.zeros((1, model.dim), dtype=np.float32))
         except Exception as err:  # TensorFlow raises many types
             failure = first_line(err)
             raise BadInputError(f"model {bundle.name!r} fails its warm-up prediction: {failure}") from None
         batching = self.settings.batching
-        if batching.enabled and (model.engine == "tensorflow" or batching.numpy_models):
+        if batching.enabled and (model.engine in ("tensorflow", "onnx") or batching.numpy_models):
             model.batcher = Batcher(
                 model.run, batching.max_rows, batching.max_wait_ms / 1000, self.in_flight, self._on_batch
             )

@@ -26,7 +26,11 @@ from servicecore.publishing import INCOMING, publish
 log = logging.getLogger(__name__)
 
 SAVED_MODEL = "saved_model.pb"
-FINGERPRINT_FILES = (SAVED_MODEL, "params.json", "labels.txt", "variables/variables.index")
+ONNX_MODEL = "model.onnx"
+# Either file makes a folder a bundle: a SavedModel, or the ONNX export of a non-Keras model (params.json
+# says "runtime": "onnx").
+MODEL_FILES = (SAVED_MODEL, ONNX_MODEL)
+FINGERPRINT_FILES = (*MODEL_FILES, "params.json", "labels.txt", "variables/variables.index")
 
 
 class ModelNotFoundError(NotFoundError):
@@ -130,7 +134,9 @@ class ModelRepository:
             for v in doomed:
                 path = existing[v]
                 if path == model_dir:  # original-style: its files live beside the version folders
-                    (model_dir / SAVED_MODEL).rename(trash / SAVED_MODEL)  # stops serving at once
+                    for model_file in MODEL_FILES:  # stops serving at once
+                        with contextlib.suppress(FileNotFoundError):
+                            (model_dir / model_file).rename(trash / model_file)
                     for entry in model_dir.iterdir():
                         if not entry.name.isdigit() and entry.name != HIGH_WATER:
                             entry.rename(trash / entry.name)
@@ -165,9 +171,11 @@ def read_bundle(name: str, version: int, path: Path, fingerprint: tuple[Any, ...
 
 
 def _servable(path: Path) -> bool:
-    """A readable SavedModel is there; an unreadable bundle (wrong owner or mode) is skipped, not a 500."""
+    """A readable SavedModel or ONNX model is there; an unreadable bundle (wrong owner or mode) is skipped,
+    not a 500. A bundle whose params.json says ``"servable": false`` is listed all the same: predicting with
+    it answers 409 with the reason the training recorded."""
     try:
-        return (path / SAVED_MODEL).is_file()
+        return any((path / model_file).is_file() for model_file in MODEL_FILES)
     except PermissionError:
         log.warning("skipping %s: not readable by this service", path)
         return False
@@ -180,9 +188,9 @@ def _fingerprint(path: Path) -> tuple[Any, ...] | None:
         try:
             st = (path / relative).stat()
         except (FileNotFoundError, PermissionError):
-            if relative == SAVED_MODEL:
-                return None
             parts.append(None)
             continue
         parts.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    if all(part is None for part in parts[: len(MODEL_FILES)]):
+        return None
     return tuple(parts)

@@ -16,7 +16,7 @@ from servicecore.errors import BadInputError, UnsupportedMediaTypeError
 from servicecore.naming import check_name
 from servicecore.safetar import extract_archive
 from tfaas.predictor import LoadedModel, ModelStore
-from tfaas.repository import SAVED_MODEL, read_bundle
+from tfaas.repository import MODEL_FILES, ONNX_MODEL, SAVED_MODEL, read_bundle
 from tfaas.settings import Settings
 
 TAR_TYPES = frozenset(
@@ -59,8 +59,8 @@ def stage_upload(store: ModelStore) -> tuple[str, int]:
 def _stage_multipart(staging: Path, settings: Settings) -> tuple[str, Path]:
     """The original form: fields name, params (params.json), labels (labels.txt), model (the model file).
 
-    ``model`` is either a (gzipped) tar of the SavedModel directory or a lone ``saved_model.pb`` whose
-    variables are constants.
+    ``model`` is either a (gzipped) tar of the bundle directory, a lone ``saved_model.pb`` whose variables
+    are constants, or a lone ``model.onnx`` when params.json says ``"runtime": "onnx"``.
     """
     name = request.form.get("name", "")
     if not name:
@@ -76,14 +76,19 @@ def _stage_multipart(staging: Path, settings: Settings) -> tuple[str, Path]:
         stream.seek(0)
         extract_archive(stream, bundle_dir, settings.max_upload_bytes, settings.max_upload_members)
         bundle_dir = _single_folder(bundle_dir)
+        lone_model = None
     else:
         stream.seek(0)
-        model.save(bundle_dir / SAVED_MODEL)
+        lone_model = staging / "model"
+        model.save(lone_model)
     for field, filename in (("params", "params.json"), ("labels", "labels.txt")):
         if field in request.files:
             request.files[field].save(bundle_dir / filename)
         elif field in request.form:
             (bundle_dir / filename).write_text(request.form[field])
+    if lone_model is not None:  # its name follows the runtime params.json declares
+        runtime = read_bundle(name, 0, bundle_dir).params.get("runtime")
+        lone_model.rename(bundle_dir / (ONNX_MODEL if runtime == "onnx" else SAVED_MODEL))
     return name, bundle_dir
 
 
@@ -92,7 +97,7 @@ def _stage_tar(staging: Path, settings: Settings, name: str | None) -> tuple[str
     extracted = staging / "extracted"
     extract_archive(request.stream, extracted, settings.max_upload_bytes, settings.max_upload_members)
     top = [entry for entry in extracted.iterdir()]
-    if (extracted / SAVED_MODEL).is_file():
+    if any((extracted / model_file).is_file() for model_file in MODEL_FILES):
         if not name:
             raise BadInputError("the archive has no top-level folder: name the model with ?name=<model>")
         return check_name(name), extracted
@@ -104,13 +109,17 @@ def _stage_tar(staging: Path, settings: Settings, name: str | None) -> tuple[str
 
 
 def _single_folder(path: Path) -> Path:
-    """The SavedModel directory inside an extracted archive: the root, or its only folder."""
-    if (path / SAVED_MODEL).is_file():
+    """The bundle directory inside an extracted archive: the root, or its only folder."""
+    if _has_model_file(path):
         return path
     entries = list(path.iterdir())
-    if len(entries) == 1 and (entries[0] / SAVED_MODEL).is_file():
+    if len(entries) == 1 and _has_model_file(entries[0]):
         return entries[0]
-    raise BadInputError(f"the model archive holds no {SAVED_MODEL}")
+    raise BadInputError(f"the model archive holds no {SAVED_MODEL} or {ONNX_MODEL}")
+
+
+def _has_model_file(path: Path) -> bool:
+    return any((path / model_file).is_file() for model_file in MODEL_FILES)
 
 
 def check_bundle(name: str, bundle_dir: Path, store: ModelStore) -> LoadedModel:
@@ -119,14 +128,19 @@ def check_bundle(name: str, bundle_dir: Path, store: ModelStore) -> LoadedModel:
     The model is loaded and warmed up as the store would serve it, and returned, so that the worker that
     took the upload serves it without loading it a second time.
     """
-    if not (bundle_dir / SAVED_MODEL).is_file():
-        raise BadInputError(f"the bundle has no {SAVED_MODEL}")
     if not (bundle_dir / "params.json").is_file():
         raise BadInputError("the bundle has no params.json")
     bundle = read_bundle(name, 0, bundle_dir)
+    model_file = ONNX_MODEL if bundle.params.get("runtime") == "onnx" else SAVED_MODEL
+    if not (bundle_dir / model_file).is_file():
+        runtime = "an ONNX" if model_file == ONNX_MODEL else 'a SavedModel (or "runtime": "onnx")'
+        raise BadInputError(f"the bundle has no {model_file}: params.json declares {runtime} bundle")
     declared = bundle.params.get("name")
     if declared not in (None, name):
         raise BadInputError(f"params.json names the model {declared!r}, but the upload is {name!r}")
+    if bundle.params.get("servable") is False:
+        reason = bundle.params.get("unservable_reason") or "no reason recorded"
+        raise BadInputError(f"model {name!r} is marked not servable, so it is not accepted: {reason}")
     model = store.build(bundle)
     if model.bundle.params.get("features"):
         _ = model.features  # raises if the spec is malformed or does not fit the SavedModel

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from appliance.training.trainer import run_training
-from servicecore.errors import BadInputError
+from servicecore.errors import BadInputError, ConflictError
 from tests.training.conftest import write_workflow
 from tfaas.onnx_model import load_onnx_model
 from tfaas.repository import read_bundle
@@ -86,7 +86,7 @@ def test_a_bundle_marked_unservable_is_refused_with_its_reason(tmp_path, sample_
     params = json.loads((bundle_path / "params.json").read_text())
     params |= {"servable": False, "unservable_reason": "ONNX outputs differ from the model's by up to 0.1"}
     (bundle_path / "params.json").write_text(json.dumps(params))
-    with pytest.raises(BadInputError, match=r"'higgs' is marked not servable: ONNX outputs differ"):
+    with pytest.raises(ConflictError, match=r"'higgs' is marked not servable: ONNX outputs differ"):
         load_onnx_model(read_bundle("higgs", 1, bundle_path))
     (bundle_path / "params.json").write_text(json.dumps({**params, "servable": True}))
     (bundle_path / "model.onnx").write_bytes(b"not an onnx file")

@@ -1,0 +1,196 @@
+"""ONNX bundles (a PyTorch module, a scikit-learn classifier) served by every endpoint like a SavedModel.
+
+Both are trained by appliance.training on generated files and published into one repository; TFaaS runs
+under gunicorn with dynamic batching on. Each endpoint gets the payloads a SavedModel gets, and its answer
+must equal the framework's own outputs (the native model the bundle keeps beside ``model.onnx``) to 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uproot
+
+from appliance.data.features import FeatureSpec
+from appliance.training.trainer import run_training
+from tests.tfaas.server import TfaasServer, tfaas_server
+from tests.training.conftest import write_workflow
+
+pytestmark = pytest.mark.slow
+
+TORCH_MODEL = """
+import torch
+
+def model(idim):
+    return torch.nn.Sequential(torch.nn.Linear(idim, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+"""
+SKLEARN_MODEL = """
+from sklearn.linear_model import LogisticRegression
+
+def model(idim):
+    return LogisticRegression(max_iter=200)
+"""
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def train(base: Path, files: list[Path], model: str, name: str, params: dict[str, Any]) -> Path:
+    workflow = write_workflow(base / name, files, [1, 0], params=params, model=model, model_suffix=".py")
+    result = run_training(**workflow.kwargs(fout=base / "out" / name), publish=base / "models")
+    return Path(result["published"])
+
+
+def torch_outputs(bundle: Path, x: np.ndarray) -> np.ndarray:
+    """The trained module itself, with the sigmoid its logits loss implies (what the export appends)."""
+    import torch
+
+    namespace: dict[str, Any] = {}
+    exec(TORCH_MODEL, namespace)  # the same code the training ran
+    module = namespace["model"](x.shape[1])
+    module.load_state_dict(torch.load(bundle / "native" / "state_dict.pt", weights_only=True))
+    module.eval()
+    with torch.no_grad():
+        return torch.sigmoid(module(torch.from_numpy(x))).numpy()
+
+
+def sklearn_outputs(bundle: Path, x: np.ndarray) -> np.ndarray:
+    """The estimator's probability of class 1 (a binary bundle's one output column, like a Keras sigmoid)."""
+    import joblib
+
+    probabilities = joblib.load(bundle / "native" / "estimator.joblib").predict_proba(x)
+    return probabilities[:, 1:].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, sample_files: dict[str, Path]) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("onnx-serving")
+    files = [sample_files["signal"], sample_files["background"]]
+    torch_bundle = train(
+        base,
+        files,
+        TORCH_MODEL,
+        "alice.torchnet",
+        {"epochs": 1, "training": {"loss": "bce_with_logits", "learning_rate": 0.01}},
+    )
+    sklearn_bundle = train(base, files, SKLEARN_MODEL, "alice.logreg", {"epochs": 1})
+    spec = FeatureSpec.from_dict(json.loads((torch_bundle / "params.json").read_text())["features"])
+    with uproot.open(sample_files["signal"]) as handle:
+        tree_name = next(k for k, v in handle.classnames().items() if v == "TTree").split(";")[0]
+        arrays = handle[tree_name].arrays(spec.input_branches, entry_stop=12)
+    raw = {name: arrays[name].tolist() for name in spec.input_branches}
+    vectors = spec.transform({n: arrays[n] for n in spec.input_branches}).astype(np.float32)
+    # A copy the training marked not servable: listed, but predicting with it answers 409 with the reason.
+    refused = base / "models" / "alice.refused" / "1"
+    shutil.copytree(torch_bundle, refused)
+    params = json.loads((refused / "params.json").read_text())
+    params.update(name="alice.refused", servable=False, unservable_reason="ONNX outputs differ by 0.1")
+    (refused / "params.json").write_text(json.dumps(params))
+    return {
+        "base": base,
+        "raw": raw,
+        "vectors": vectors,
+        "expected": {
+            "alice.torchnet": torch_outputs(torch_bundle, vectors),
+            "alice.logreg": sklearn_outputs(sklearn_bundle, vectors),
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def server(trained: dict[str, Any]) -> Iterator[TfaasServer]:
+    base = trained["base"]
+    with tfaas_server(base / "models", base, workers=2, env={"TFAAS_BATCHING": "on"}) as running:
+        yield running
+
+
+MODELS = ["alice.torchnet", "alice.logreg"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_original_json_by_values_and_by_raw_branches(server, trained, model) -> None:
+    expected = trained["expected"][model]
+    by_values = server.post("/json", json={"model": model, "values": trained["vectors"].tolist()})
+    assert by_values.status_code == 200, by_values.text
+    np.testing.assert_allclose(by_values.json(), expected, **TOLERANCE)
+    by_raw = server.post("/json", json={"model": model, "raw": trained["raw"]})
+    assert by_raw.status_code == 200, by_raw.text
+    np.testing.assert_allclose(by_raw.json(), expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_tf_serving_rest(server, trained, model) -> None:
+    answer = server.post(f"/v1/models/{model}:predict", json={"instances": trained["vectors"].tolist()})
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(answer.json()["predictions"], trained["expected"][model], **TOLERANCE)
+    status = server.get(f"/v1/models/{model}").json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_kserve_v2_json_and_binary(server, trained, model) -> None:
+    rows = trained["vectors"]
+    expected = trained["expected"][model]
+    tensor = {"name": "inputs", "shape": list(rows.shape), "datatype": "FP32"}
+    plain = server.post(
+        f"/v2/models/{model}/infer", json={"inputs": [{**tensor, "data": rows.ravel().tolist()}]}
+    )
+    assert plain.status_code == 200, plain.text
+    (output,) = plain.json()["outputs"]
+    np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected, **TOLERANCE)
+
+    head = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": rows.nbytes}}],
+            "outputs": [{"name": "outputs", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    binary = server.post(
+        f"/v2/models/{model}/infer", data=head + rows.astype("<f4").tobytes(), headers=headers
+    )
+    assert binary.status_code == 200, binary.text
+    length = int(binary.headers["Inference-Header-Content-Length"])
+    (output,) = json.loads(binary.content[:length])["outputs"]
+    values = np.frombuffer(binary.content[length:], dtype="<f4").reshape(output["shape"])
+    np.testing.assert_allclose(values, expected, **TOLERANCE)
+
+
+def test_concurrent_rows_are_batched_and_each_gets_its_own_answer(server, trained) -> None:
+    rows = trained["vectors"]
+    expected = trained["expected"]["alice.torchnet"]
+
+    def one(i: int) -> list[list[float]]:
+        answer = server.post("/json", json={"model": "alice.torchnet", "values": [rows[i].tolist()]})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, [i % len(rows) for i in range(48)]))
+    for i, answer in enumerate(answers):
+        np.testing.assert_allclose(answer, expected[i % len(rows) : i % len(rows) + 1], **TOLERANCE)
+    # Only the batcher observes tfaas_batch_rows: ONNX models (the only ones here) went through it.
+    samples = dict(
+        line.rsplit(" ", 1) for line in server.get("/metrics").text.splitlines() if line[:1] != "#"
+    )
+    assert float(samples["tfaas_batch_rows_count"]) >= 1
+
+
+def test_a_bundle_marked_not_servable_is_listed_but_refused_with_its_reason(server, trained) -> None:
+    listed = server.get("/models").json()
+    assert "alice.refused" in json.dumps(listed)
+    for path, body in (
+        ("/json", {"model": "alice.refused", "values": trained["vectors"][:1].tolist()}),
+        ("/v1/models/alice.refused:predict", {"instances": trained["vectors"][:1].tolist()}),
+    ):
+        answer = server.post(path, json=body)
+        assert answer.status_code == 409, answer.text
+        assert answer.json() == {
+            "error": "model 'alice.refused' is marked not servable: ONNX outputs differ by 0.1",
+            "status": 409,
+        }
