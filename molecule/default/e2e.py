@@ -11,6 +11,9 @@ discovery document and keys themselves. Then, as the appliance's owner:
 4. each job followed to ``succeeded``; the first job's bundle downloaded and sent to TFaaS ``POST /upload`` (a
    new version); a TFaaS prediction from raw branch values (``POST /json``).
 
+While the jobs run, the process table is watched: every training process must run under a uid of the
+worker's ``job_uids`` (never root, never the service user) and in a network namespace other than the host's.
+
 And the access policy as shipped: no token 401, a token of a user outside the policy 403 (both services); with
 a shared group, a second member sees 404 for the owner's job and cannot delete the owner's model.
 Runs with the appliance's own virtual environment. Exit status 1 names the call that failed.
@@ -24,6 +27,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -110,6 +114,59 @@ def expect_quiet(call: str, response: requests.Response) -> requests.Response:
     return response
 
 
+class JobProcessWatch:
+    """Samples /proc while jobs run: the uid and network namespace of every ``python -m appliance train``.
+
+    Only the training interpreter counts: prlimit, taskset and setpriv before it still run as root, by design.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.seen: dict[int, tuple[int, str]] = {}  # pid -> (uid, network namespace)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> JobProcessWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                    if argv[1:4] != [b"-m", b"appliance", b"train"]:
+                        continue
+                    uid = entry.stat().st_uid
+                    namespace = (entry / "ns" / "net").readlink().name
+                except OSError:  # gone meanwhile
+                    continue
+                self.seen[int(entry.name)] = (uid, namespace)
+
+    def check(self, uids: range) -> None:
+        host_namespace = Path("/proc/1/ns/net").readlink().name
+        if not self.seen:
+            fail("job isolation", detail="no training process was seen while the jobs ran")
+        for pid, (uid, namespace) in sorted(self.seen.items()):
+            if uid not in uids:
+                fail("job isolation", detail=f"training process {pid} ran as uid {uid}, not in {uids}")
+            if namespace == host_namespace:
+                fail("job isolation", detail=f"training process {pid} shared the host's network")
+        found = sorted({uid for uid, _ in self.seen.values()})
+        print(f"job isolation: {len(self.seen)} training processes, uids {found}, own network namespaces")
+
+
+def parse_uids(text: str) -> range:
+    low, _, high = text.partition("-")
+    return range(int(low), int(high) + 1)
+
+
 def workflow_archive(files: list[str], labels: str) -> bytes:
     """The prototype's upload: the workflow's files in one tar.gz."""
     members = {
@@ -156,6 +213,7 @@ def main() -> None:
     parser.add_argument("--client", required=True, help="the mlaas4hep-client program")
     parser.add_argument("--name", default="molecule.e2e", help="model name (in the owner's namespace)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for each job")
+    parser.add_argument("--job-uids", type=parse_uids, required=True, help="the worker's job_uids, LOW-HIGH")
     args = parser.parse_args()
 
     groups = (args.shared_group,) if args.shared_group else ()
@@ -165,10 +223,14 @@ def main() -> None:
         stranger = Caller(idp.mint(User("e2e-stranger-sub", "stranger", ("elsewhere",)), args.audience))
         colleague = Caller(idp.mint(User("e2e-colleague-sub", "colleague", groups), args.audience))
         check_policy(args, Caller(None), stranger)
-        run_jobs(args, owner, colleague, idp.mint(owner_user, args.audience))
+        with JobProcessWatch() as watch:
+            job = run_jobs(args, owner, colleague, idp.mint(owner_user, args.audience))
+        watch.check(args.job_uids)
+        serve_and_predict(args, owner, job)
 
 
-def run_jobs(args: argparse.Namespace, owner: Caller, colleague: Caller, owner_token: str) -> None:
+def run_jobs(args: argparse.Namespace, owner: Caller, colleague: Caller, owner_token: str) -> dict:
+    """Submit through every path, wait for all three jobs; the first job, with the ROOT files it read."""
     schema = SyntheticSchema(n_flat=4, n_jagged=2)
     files = {}
     for label, shift, seed in (("signal", 1.0, 1), ("background", 0.0, 2)):
@@ -237,7 +299,11 @@ def run_jobs(args: argparse.Namespace, owner: Caller, colleague: Caller, owner_t
         if refused.status_code not in (403, 404):
             fail(f"TFaaS DELETE /delete/{name} as another member (expected 403 or 404)", refused)
         print(f"TFaaS DELETE /delete/{name} as another member -> {refused.status_code}", flush=True)
+    return {**job, "signal_file": files["signal"]}
 
+
+def serve_and_predict(args: argparse.Namespace, owner: Caller, job: dict) -> None:
+    job_id, name = job["id"], job["model_name"]
     # 4. The bundle back through TFaaS's own upload: it becomes the next version.
     bundle = expect(
         f"API GET /jobs/{job_id}/model", owner.get(f"{args.api}/jobs/{job_id}/model"), 200
@@ -264,7 +330,7 @@ def run_jobs(args: argparse.Namespace, owner: Caller, colleague: Caller, owner_t
             fail(f"TFaaS GET /params/{name}?version={version}", params)
         time.sleep(1)
     branches = sorted(set(params.json()["features"]["dataset"]["read_branches"]))
-    with uproot.open(files["signal"]) as root_file:
+    with uproot.open(job["signal_file"]) as root_file:
         events = root_file["Events"].arrays(branches, entry_stop=3, library="ak")
     raw = {branch: events[branch].tolist() for branch in events.fields}
     predicted = expect(

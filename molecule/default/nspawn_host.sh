@@ -136,7 +136,10 @@ CONF
   local binds
   mapfile -t binds < <(pip_binds)
   log "booting $name (ssh on 127.0.0.1:$ssh_port)"
-  setsid systemd-nspawn --quiet --register=no --keep-unit --console=read-only \
+  # CAP_NET_ADMIN (nspawn keeps it only for hosts with a private network): the appliance's worker brings up the
+  # loopback of each job's own network namespace (docs/server.md, "Job isolation"), which needs it. Nothing in
+  # the host uses it on the shared network: the firewall is rendered and checked, never loaded, there.
+  setsid systemd-nspawn --quiet --register=no --keep-unit --console=read-only --capability=CAP_NET_ADMIN \
     -M "$name" -D "$rootfs" --bind="$CACHE_ROOT/pip:/root/.cache/pip" "${binds[@]}" -b \
     </dev/null >"$state/console.log" 2>&1 &
   echo $! >"$state/nspawn.pid"

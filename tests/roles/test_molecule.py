@@ -28,8 +28,9 @@ SCENARIOS = {
         "as another member -> 404",
         "API POST /submit -> ",
         "TFaaS POST /upload -> ",
+        "job isolation: ",
     ],
-    "debian13": ["-> 401", "-> 403", "API POST /submit -> ", "TFaaS POST /upload -> "],
+    "debian13": ["-> 401", "-> 403", "API POST /submit -> ", "TFaaS POST /upload -> ", "job isolation: "],
 }
 
 

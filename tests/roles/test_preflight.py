@@ -117,6 +117,11 @@ def test_mlaas4hep_accepts_a_pinned_git_source(preflight):
     assert_accepted(preflight("mlaas4hep", **GOOD_SOURCE))
 
 
+def test_mlaas4hep_accepts_isolation_endpoints_of_another_host(preflight):
+    allowed = ["10.0.0.5:1094", "[fd00::5]:1094", "localhost:8443"]
+    assert_accepted(preflight("mlaas4hep", **GOOD_SOURCE, mlaas4hep_job_network_allow=allowed))
+
+
 @pytest.mark.parametrize(
     ("variables", "words"),
     [
@@ -133,8 +138,28 @@ def test_mlaas4hep_accepts_a_pinned_git_source(preflight):
         ({**GOOD_SOURCE, "mlaas4hep_port": 70000}, ["mlaas4hep_port"]),
         ({**GOOD_SOURCE, "mlaas4hep_environment": {"PATH": "/tmp"}}, ["MLAAS4HEP_"]),
         ({**GOOD_SOURCE, "mlaas4hep_user": "root"}, ["not root"]),
+        ({**GOOD_SOURCE, "mlaas4hep_job_uids": "0-999"}, ["mlaas4hep_job_uids", "from 1000 up"]),
+        ({**GOOD_SOURCE, "mlaas4hep_job_uids": "62000-61000"}, ["mlaas4hep_job_uids"]),
+        ({**GOOD_SOURCE, "mlaas4hep_job_network_allow": []}, ["mlaas4hep_job_network_allow"]),
+        (
+            {**GOOD_SOURCE, "mlaas4hep_job_network_allow": ["proxy.example.org:1094"]},
+            ["mlaas4hep_job_network_allow", "IP addresses"],
+        ),
+        ({**GOOD_SOURCE, "mlaas4hep_settings": {"job_uids": "1000-1999"}}, ["not", "mlaas4hep_settings"]),
     ],
-    ids=["unpinned-git", "no-archive", "missing-archive", "bad-port", "foreign-env", "root-user"],
+    ids=[
+        "unpinned-git",
+        "no-archive",
+        "missing-archive",
+        "bad-port",
+        "foreign-env",
+        "root-user",
+        "system-uids",
+        "reversed-uids",
+        "no-endpoint",
+        "named-endpoint",
+        "uids-in-settings",
+    ],
 )
 def test_mlaas4hep_refuses_bad_settings(preflight, variables, words):
     assert_refused(preflight("mlaas4hep", **variables), *words)
