@@ -7,9 +7,12 @@ must equal the framework's own outputs (the native model the bundle keeps beside
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
-from collections.abc import Iterator
+import tarfile
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sample_files: dict[str, Pa
     (refused / "params.json").write_text(json.dumps(params))
     return {
         "base": base,
+        "torch_bundle": torch_bundle,
         "raw": raw,
         "vectors": vectors,
         "expected": {
@@ -194,3 +198,84 @@ def test_a_bundle_marked_not_servable_is_listed_but_refused_with_its_reason(serv
             "error": "model 'alice.refused' is marked not servable: ONNX outputs differ by 0.1",
             "status": 409,
         }
+
+
+def eventually(answer: Callable[[], Any], status: int, timeout: float = 20.0) -> Any:
+    """The first answer with ``status``: two workers each rescan the repository on their own interval."""
+    deadline = time.monotonic() + timeout
+    while (response := answer()).status_code != status:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.1)
+    return response
+
+
+def renamed_copy(bundle: Path, name: str, where: Path, **changes: Any) -> Path:
+    """A copy of ``bundle`` in a folder called ``name`` whose params.json names it so."""
+    copy = where / name
+    shutil.copytree(bundle, copy)
+    params = json.loads((copy / "params.json").read_text())
+    (copy / "params.json").write_text(json.dumps({**params, "name": name, **changes}))
+    return copy
+
+
+def gzipped_tar(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(directory, arcname=directory.name)
+    return buffer.getvalue()
+
+
+def test_onnx_bundles_upload_as_a_tar_and_as_a_lone_model_file(server, trained, tmp_path) -> None:
+    rows, expected = trained["vectors"], trained["expected"]["alice.torchnet"]
+    source = renamed_copy(trained["torch_bundle"], "local.onnxtar", tmp_path)
+    uploaded = server.post("/upload", data=gzipped_tar(source), headers={"Content-Type": "application/gzip"})
+    assert uploaded.status_code == 201, uploaded.text
+    answer = eventually(
+        lambda: server.post("/json", json={"model": "local.onnxtar", "values": rows.tolist()}), 200
+    )
+    np.testing.assert_allclose(answer.json(), expected, **TOLERANCE)
+
+    params = json.loads((source / "params.json").read_text()) | {"name": "local.onnxform"}
+    form = server.post(
+        "/upload",
+        data={"name": "local.onnxform"},
+        files={
+            "params": ("params.json", json.dumps(params)),
+            "model": ("model.onnx", (source / "model.onnx").read_bytes()),
+        },
+    )
+    assert form.status_code == 201, form.text
+    body = {"instances": rows.tolist()}
+    answer = eventually(lambda: server.post("/v1/models/local.onnxform:predict", json=body), 200)
+    np.testing.assert_allclose(answer.json()["predictions"], expected, **TOLERANCE)
+
+
+def test_an_unservable_or_mislabelled_onnx_upload_is_refused(server, trained, tmp_path) -> None:
+    refused = renamed_copy(
+        trained["torch_bundle"], "local.unservable", tmp_path, servable=False, unservable_reason="too far"
+    )
+    answer = server.post("/upload", data=gzipped_tar(refused), headers={"Content-Type": "application/gzip"})
+    assert answer.status_code == 400, answer.text
+    assert "marked not servable, so it is not accepted: too far" in answer.json()["error"]
+    keras_runtime = renamed_copy(trained["torch_bundle"], "local.noruntime", tmp_path, runtime="tensorflow")
+    answer = server.post(
+        "/upload", data=gzipped_tar(keras_runtime), headers={"Content-Type": "application/gzip"}
+    )
+    assert answer.status_code == 400, answer.text
+    assert "the bundle has no saved_model.pb" in answer.json()["error"]
+    assert server.get("/params/local.unservable").status_code == 404
+
+
+def test_an_original_style_onnx_bundle_is_served_and_deleted(server, trained) -> None:
+    # Dropped in by hand beside the versioned ones: its files are the model folder itself.
+    staged = renamed_copy(trained["torch_bundle"], ".staged-local.byhand", server.repo)
+    params = json.loads((staged / "params.json").read_text()) | {"name": "local.byhand"}
+    (staged / "params.json").write_text(json.dumps(params))
+    staged.rename(server.repo / "local.byhand")
+    rows = trained["vectors"][:3].tolist()
+    answer = eventually(lambda: server.post("/json", json={"model": "local.byhand", "values": rows}), 200)
+    np.testing.assert_allclose(answer.json(), trained["expected"]["alice.torchnet"][:3], **TOLERANCE)
+    deleted = server.delete("/delete/local.byhand")
+    assert deleted.status_code == 200 and deleted.json()["versions"] == [1], deleted.text
+    assert not (server.repo / "local.byhand" / "model.onnx").exists()
+    eventually(lambda: server.post("/json", json={"model": "local.byhand", "values": rows}), 404)
