@@ -22,13 +22,14 @@ ERROR_DESCRIPTIONS = {
     401: "no credentials, or credentials that do not verify (identity layer)",
     403: "a caller outside the access policy, or a model outside the caller's namespace",
     404: "unknown model or version",
+    409: "the model's bundle is marked not servable by its training (the reason is in the message)",
     413: "the body is above the limit (chunked bodies included)",
     415: "a content type the route does not take",
     503: "the identity provider cannot be reached (identity layer)",
 }
 AUTH_STATUSES = (401, 403, 503)
 # What each kind of route can answer besides the identity layer's statuses.
-PREDICT = (400, 404, 413, 415)
+PREDICT = (400, 404, 409, 413, 415)
 BY_NAME = (404,)
 BY_VERSION = (400, 404)
 NAME = {
