@@ -4,7 +4,9 @@ Measured in one run, each against its baseline from the same run:
 - single-row ``/json`` requests/s and p50/p99 latency at 1, 16 and 64 clients, against the HTTP floor (a bare
   WSGI app under gunicorn with the same workers that parses the same JSON and returns a constant);
 - 1024-row batches in rows/s, against calling the SavedModel in-process;
-- the same single-row load on ``mlflow models serve`` of the same model, the peer (when an MLflow venv is given).
+- the same single-row load on ``mlflow models serve`` of the same model, the peer (when an MLflow venv is given);
+- the same network as an ONNX bundle (``"runtime": "onnx"``, what training writes for PyTorch models, served
+  with onnxruntime) on the same TFaaS server, beside the SavedModel's figures.
 
 usage: python bench/tfaas_bench.py [--duration 4] [--rounds 5] [--quick] [--mlflow-python PYTHON]
 Writes bench/results/tfaas.md.
@@ -39,6 +41,7 @@ HERE = Path(__file__).resolve().parent / "tfaas"
 DIM = 42
 HIDDEN = (128, 128, 128, 64, 64)
 BATCH_ROWS = 1024
+ONNX_SERVER = "tfaas, the same network as an ONNX bundle"
 TARGETS = {"throughput_vs_floor": 0.7, "p50_single_client_ms": 1.0, "batch_vs_in_process": 0.5}
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -167,6 +170,49 @@ def build_model(workdir: Path) -> tuple[Path, Path]:
     return bundle, keras_file
 
 
+def build_onnx_twin(bundle: Path, workdir: Path, rows: np.ndarray) -> Path:
+    """The benchmark MLP as an ONNX bundle ``workdir/models/mlp42onnx/1``: the same weights in a
+    ``torch.nn.Sequential``, exported as training exports PyTorch models; checked against the SavedModel."""
+    import keras
+    import tensorflow as tf
+    import torch
+
+    from appliance.training.onnx_export import OPSET
+
+    signature = tf.saved_model.load(str(bundle)).signatures["serving_default"]
+    saved_model_outputs = signature(inputs=tf.constant(rows))["outputs"].numpy()
+    keras_model = keras.models.load_model(workdir / "mlp42.keras")
+    layers: list[Any] = []
+    for dense in [layer for layer in keras_model.layers if isinstance(layer, keras.layers.Dense)]:
+        kernel, bias = (np.asarray(w) for w in dense.get_weights())
+        linear = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(kernel.T))
+            linear.bias.copy_(torch.from_numpy(bias))
+        layers += [linear, torch.nn.ReLU()]
+    module = torch.nn.Sequential(*layers[:-1], torch.nn.Sigmoid()).eval()
+    twin = workdir / "models" / "mlp42onnx" / "1"
+    twin.mkdir(parents=True)
+    torch.onnx.export(
+        module,
+        (torch.zeros((2, DIM), dtype=torch.float32),),
+        str(twin / "model.onnx"),
+        input_names=["inputs"],
+        output_names=["outputs"],
+        dynamic_axes={"inputs": {0: "batch"}, "outputs": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    params = json.loads((bundle / "params.json").read_text())
+    params.update(name="mlp42onnx", runtime="onnx", model="model.onnx", framework="torch", servable=True)
+    (twin / "params.json").write_text(json.dumps(params))
+    (twin / "labels.txt").write_text("signal\n")
+    with torch.no_grad():
+        twin_outputs = module(torch.from_numpy(rows)).numpy()
+    np.testing.assert_allclose(twin_outputs, saved_model_outputs, rtol=1e-5, atol=1e-5)
+    return twin
+
+
 class InProcess:
     """The SavedModel called directly in this process (TensorFlow's own threading): the batch baseline."""
 
@@ -258,6 +304,11 @@ def run(args: argparse.Namespace, duration: float, connections: list[int], workd
     binary.write_bytes(binary_header + rows.astype("<f4").tobytes())
     binary_env = {"WRK_CONTENT_TYPE": "application/octet-stream",
                   "WRK_INFERENCE_HEADER_LENGTH": str(len(binary_header))}  # fmt: skip
+    build_onnx_twin(bundle, workdir, rows)
+    single_onnx = workdir / "single_onnx.json"
+    single_onnx.write_text(json.dumps({**json.loads(single.read_text()), "model": "mlp42onnx"}))
+    batch_onnx = workdir / "batch_onnx.json"
+    batch_onnx.write_text(json.dumps({"values": rows.tolist(), "model": "mlp42onnx"}))
     in_process = InProcess(bundle, rows)
     gunicorn_env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     results: dict[str, Any] = {}
@@ -285,14 +336,16 @@ def run(args: argparse.Namespace, duration: float, connections: list[int], workd
             urls[variant] = f"http://127.0.0.1:{port}"
         for url in urls.values():
             warm_up(f"{url}/json", single)
+        warm_up(f"{urls['tfaas']}/json", single_onnx)
 
         single_rounds: dict[str, dict[int, list[dict[str, Any]]]] = {
-            u: {c: [] for c in connections} for u in urls
+            u: {c: [] for c in connections} for u in (*urls, ONNX_SERVER)
         }
         for c in connections:
             for _ in range(args.rounds):
                 for server, url in urls.items():
                     single_rounds[server][c].append(wrk(f"{url}/json", single, c, duration))
+                single_rounds[ONNX_SERVER][c].append(wrk(f"{urls['tfaas']}/json", single_onnx, c, duration))
         for server, by_clients in single_rounds.items():
             results[server] = {c: median_round(rounds) for c, rounds in by_clients.items()}
 
@@ -303,12 +356,14 @@ def run(args: argparse.Namespace, duration: float, connections: list[int], workd
         batch_rounds: dict[str, dict[int, list[dict[str, Any]]]] = {
             "batch": {c: [] for c in batch_clients},
             "batch_binary": {c: [] for c in batch_clients},
+            "batch_onnx": {c: [] for c in batch_clients},
         }
         in_process_rates = []
         for c in batch_clients:
             for _ in range(args.rounds):
                 in_process_rates.append(in_process.batch_rows_per_s(duration))
                 batch_rounds["batch"][c].append(wrk(f"{tfaas_url}/json", batch, c, duration))
+                batch_rounds["batch_onnx"][c].append(wrk(f"{tfaas_url}/json", batch_onnx, c, duration))
                 batch_rounds["batch_binary"][c].append(
                     wrk(f"{tfaas_url}/v2/models/mlp42/infer", binary, c, duration, binary_env)
                 )
@@ -401,7 +456,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, duration: float, c
         "| server | clients | req/s | range over rounds | ratio to floor | p50 ms | p99 ms | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    servers = ["floor", "tfaas", "tfaas, batching on for NumPy-run models too", "mlflow"]
+    servers = ["floor", "tfaas", ONNX_SERVER, "tfaas, batching on for NumPy-run models too", "mlflow"]
     for server in servers:
         for c in connections:
             r = results.get(server, {}).get(c)
@@ -426,7 +481,11 @@ def report(results: dict[str, Any], args: argparse.Namespace, duration: float, c
         f"| SavedModel called in-process | - | {in_proc['batch_rows_per_s']:,.0f} | "
         f"{in_proc['batch_rows_per_s_range'][0]:,.0f}-{in_proc['batch_rows_per_s_range'][1]:,.0f} | 1.00 |",
     ]
-    for key, label in (("batch", "TFaaS `/json`"), ("batch_binary", "TFaaS KServe v2 binary tensors")):
+    for key, label in (
+        ("batch", "TFaaS `/json`"),
+        ("batch_onnx", "TFaaS `/json`, the same network as an ONNX bundle"),
+        ("batch_binary", "TFaaS KServe v2 binary tensors"),
+    ):
         for c, r in results.get(key, {}).items():
             rate = r["rps"] * BATCH_ROWS
             lines.append(
