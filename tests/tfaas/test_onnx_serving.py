@@ -25,6 +25,7 @@ from appliance.data.features import FeatureSpec
 from appliance.training.trainer import run_training
 from tests.tfaas.server import TfaasServer, tfaas_server
 from tests.training.conftest import write_workflow
+from tfaas import proto
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +126,18 @@ def test_original_json_by_values_and_by_raw_branches(server, trained, model) -> 
     by_raw = server.post("/json", json={"model": model, "raw": trained["raw"]})
     assert by_raw.status_code == 200, by_raw.text
     np.testing.assert_allclose(by_raw.json(), expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_original_proto(server, trained, model) -> None:
+    vector = trained["vectors"][2]
+    row = proto.Row(key=[f"f{i}" for i in range(len(vector))], value=vector.tolist(), model=model)
+    headers = {"Content-Type": "application/octet-stream"}
+    answer = server.post("/proto", data=row.SerializeToString(), headers=headers)
+    assert answer.status_code == 200, answer.text
+    predictions = proto.Predictions.FromString(answer.content)
+    probabilities = [p.probability for p in predictions.prediction]
+    np.testing.assert_allclose(probabilities, trained["expected"][model][2], **TOLERANCE)
 
 
 @pytest.mark.parametrize("model", MODELS)
