@@ -1,6 +1,6 @@
-"""ONNX bundles (a PyTorch module, a scikit-learn classifier) served by every endpoint like a SavedModel.
+"""ONNX bundles (PyTorch, scikit-learn and XGBoost models) served by every endpoint like a SavedModel.
 
-Both are trained by appliance.training on generated files and published into one repository; TFaaS runs
+All three are trained by appliance.training on generated files and published into one repository; TFaaS runs
 under gunicorn with dynamic batching on. Each endpoint gets the payloads a SavedModel gets, and its answer
 must equal the framework's own outputs (the native model the bundle keeps beside ``model.onnx``) to 1e-5.
 """
@@ -40,6 +40,12 @@ from sklearn.linear_model import LogisticRegression
 
 def model(idim):
     return LogisticRegression(max_iter=200)
+"""
+XGBOOST_MODEL = """
+from xgboost import XGBClassifier
+
+def model(idim):
+    return XGBClassifier(n_estimators=10, max_depth=3, random_state=0)
 """
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -83,6 +89,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sample_files: dict[str, Pa
         {"epochs": 1, "training": {"loss": "bce_with_logits", "learning_rate": 0.01}},
     )
     sklearn_bundle = train(base, files, SKLEARN_MODEL, "alice.logreg", {"epochs": 1})
+    xgboost_bundle = train(base, files, XGBOOST_MODEL, "alice.boosted", {"epochs": 1})
     spec = FeatureSpec.from_dict(json.loads((torch_bundle / "params.json").read_text())["features"])
     with uproot.open(sample_files["signal"]) as handle:
         tree_name = next(k for k, v in handle.classnames().items() if v == "TTree").split(";")[0]
@@ -103,6 +110,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sample_files: dict[str, Pa
         "expected": {
             "alice.torchnet": torch_outputs(torch_bundle, vectors),
             "alice.logreg": sklearn_outputs(sklearn_bundle, vectors),
+            "alice.boosted": sklearn_outputs(xgboost_bundle, vectors),
         },
     }
 
@@ -114,7 +122,7 @@ def server(trained: dict[str, Any]) -> Iterator[TfaasServer]:
         yield running
 
 
-MODELS = ["alice.torchnet", "alice.logreg"]
+MODELS = ["alice.torchnet", "alice.logreg", "alice.boosted"]
 
 
 @pytest.mark.parametrize("model", MODELS)
