@@ -44,8 +44,6 @@ import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 from tfaas_bench import DIM, build_model, free_port, serving  # noqa: E402
 
 from mlaas4hep_devtools.processes import stop, wait_for_port  # noqa: E402

@@ -37,7 +37,7 @@ import uproot
 from appliance.data.synthetic import SyntheticSchema, write_root_file
 from appliance.inference.bundle import load_bundle
 from appliance.inference.predict import PredictOptions, run_predict
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = 50_000

@@ -10,6 +10,10 @@ Measured in one run, each against its baseline from the same run:
 
 usage: python bench/tfaas_bench.py [--duration 4] [--rounds 5] [--quick] [--mlflow-python PYTHON]
 Writes bench/results/tfaas.md.
+
+One script although above 400 lines: every server of the comparison (floor, TFaaS with SavedModel and ONNX
+bundles, the in-process baseline, the peer) runs for the whole run and is measured in the same interleaved
+rounds, so their set-up and the rounds are one timeline.
 """
 
 from __future__ import annotations
@@ -34,8 +38,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import appliance  # noqa: E402, F401  (loads the XRootD bindings before TensorFlow, see appliance/__init__.py)
 
 HERE = Path(__file__).resolve().parent / "tfaas"
 DIM = 42

@@ -41,7 +41,8 @@ from appliance.data.synthetic import SyntheticSchema, write_root_file
 from appliance.data.workflow import load_workflow
 from appliance.training.feature_cache import FeatureCache
 from appliance.training.models import load_model
-from appliance.training.trainer import EpochCounter, Trainer, configure_reproducibility, training_device
+from appliance.training.run import configure_reproducibility, training_device
+from appliance.training.trainer import EpochCounter, Trainer
 from mlaas4hep_devtools.xrootd import xrootd_site
 
 # The checkout's files: the example model, the XRootD proxy role's template, the results folder.

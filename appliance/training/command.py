@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from appliance.training.trainer import now, run_training
+from appliance.training.run import run_training
+from appliance.training.trainer import now
 from servicecore.errors import BadInputError
 
 

@@ -100,3 +100,15 @@ class HoldOut:
 
 
 # -- the training run --------------------------------------------------------------------------------------
+
+
+def bounded_holdout(
+    workdir: Path, name: str, dim: int, expected: float, bound_bytes: int, seed: int
+) -> HoldOut:
+    """A hold-out part on at most ``bound_bytes`` of disk (0: no bound): a proportional random sample whose
+    expected size is a little under the bound, and a hard cap at it."""
+    if bound_bytes <= 0:
+        return HoldOut(workdir, name, dim)
+    cap = max(bound_bytes // (dim * 4 + 8), 1)
+    probability = min(1.0, 0.98 * cap / expected) if expected > 0 else 1.0
+    return HoldOut(workdir, name, dim, keep_probability=probability, max_events=cap, seed=seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 from tests.support.rntuple import to_rntuple
 from tests.training.conftest import write_workflow
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 from servicecore.errors import BadInputError, ConflictError
 from tests.training.conftest import write_workflow
 from tfaas.onnx_model import load_onnx_model

@@ -22,7 +22,7 @@ import pytest
 import uproot
 
 from appliance.data.features import FeatureSpec
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 from tests.tfaas.server import TfaasServer, tfaas_server
 from tests.training.conftest import write_workflow
 from tfaas import proto

@@ -10,7 +10,7 @@ import pytest
 import uproot
 
 from appliance.data.features import FeatureSpec
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 from tests.tfaas.bundles import reference_predict
 from tests.tfaas.server import tfaas_server
 from tests.training.conftest import write_workflow

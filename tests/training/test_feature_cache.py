@@ -12,7 +12,7 @@ import pytest
 
 from appliance.data.streaming import EventStream
 from appliance.training.feature_cache import FeatureCache
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 from tests.training.conftest import write_workflow
 
 pytestmark = pytest.mark.slow

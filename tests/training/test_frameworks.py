@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 from servicecore.errors import BadInputError
 from tests.training.conftest import SMALL_MODEL, write_workflow
 

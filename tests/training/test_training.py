@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import uproot
 
-from appliance.training.trainer import run_training
+from appliance.training.run import run_training
 from servicecore.errors import BadInputError
 from tests.training.conftest import write_workflow
 
