@@ -12,7 +12,7 @@ done
   echo
   echo "Each figure is a ratio against a baseline measured in the same run, on the machine named in its section."
   echo "Regenerate with \`bash bench/run_all.sh\` (provisioning times come from \`bench/provisioning_bench.py\`)."
-  echo "Each part says the load average during its run: figures taken on a loaded machine are marked as such."
+  echo "A part measured while the machine was busy gives its load average: rerun it on a quiet machine before quoting it."
   for part in streaming training feature_cache predict tfaas soak faults provisioning; do
     [[ -f bench/results/$part.md ]] && { echo; sed "s/^#/##/" "bench/results/$part.md"; }
   done
