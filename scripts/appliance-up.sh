@@ -16,6 +16,8 @@ BASE=${MLAAS4HEP_HOST_PORT_BASE:-38000}
 API_PORT=$((BASE + 80)) TFAAS_PORT=$((BASE + 83)) PROXY_PORT=$((BASE + 94)) ORIGIN_PORT=$((BASE + 95))
 # The demo's OIDC issuer: the test identity provider e2e.py runs on this port; the appliance is the owner's.
 IDP_PORT=$((BASE + 90)) OWNER_SUB=demo-owner
+# The worker's uid range for jobs: the role's default (mlaas4hep_job_uids), which e2e.py checks jobs run under.
+JOB_UIDS=61000-61999
 STATE=${MLAAS4HEP_NSPAWN_STATE:-/var/lib/mlaas4hep-nspawn}/$NAME
 ARCHIVE=${MLAAS4HEP_OAUTH2_PROXY_ARCHIVE:-}
 
@@ -83,7 +85,8 @@ ssh -p "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKno
   root@127.0.0.1 /opt/mlaas4hep/venv/bin/python /root/e2e.py --name demo.higgs \
   --origin-dir /srv/origin/store/molecule --data-url "root://127.0.0.1:$PROXY_PORT//store/molecule" \
   --api "http://127.0.0.1:$API_PORT" --tfaas "http://127.0.0.1:$TFAAS_PORT" \
-  --idp-port "$IDP_PORT" --owner-sub "$OWNER_SUB" --client /opt/mlaas4hep/venv/bin/mlaas4hep-client
+  --idp-port "$IDP_PORT" --owner-sub "$OWNER_SUB" --client /opt/mlaas4hep/venv/bin/mlaas4hep-client \
+  --job-uids "$JOB_UIDS"
 
 cat <<END
 

@@ -202,3 +202,23 @@ def test_the_source_packs_the_same_files_with_and_without_git(private_copy: Path
     without_git = packed_names(private_copy, tmp_path / "copy.tar.gz")
     assert "scripts/pack-source.sh" in without_git
     assert without_git == from_git - {".gitignore"}
+
+
+def test_appliance_up_gives_the_end_to_end_check_every_argument_it_requires() -> None:
+    """The main job's last step runs molecule/default/e2e.py; an argument it requires and the script leaves
+    out ends the README's first command with a usage error after the whole converge."""
+    import ast
+
+    tree = ast.parse((REPO / "molecule" / "default" / "e2e.py").read_text())
+    required = {
+        call.args[0].value
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call)
+        and getattr(call.func, "attr", "") == "add_argument"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+        and any(k.arg == "required" and getattr(k.value, "value", False) is True for k in call.keywords)
+    }
+    assert "--job-uids" in required and "--api" in required  # the reader sees the parser
+    script = (REPO / "scripts" / "appliance-up.sh").read_text()
+    assert sorted(option for option in required if option not in script) == []
