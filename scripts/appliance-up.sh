@@ -78,6 +78,16 @@ start=$(date +%s)
 ansible-playbook -i "$work/inventory.yml" playbooks/site.yml
 echo "site.yml took $(($(date +%s) - start)) s"
 
+# The converge's last handlers restart the services; TFaaS loads its models before it accepts connections.
+step "waiting for the API and TFaaS to answer"
+for url in "http://127.0.0.1:$API_PORT/health" "http://127.0.0.1:$TFAAS_PORT/v2/health/ready"; do
+  for _ in $(seq 180); do
+    curl -fsS -o /dev/null "$url" && break
+    sleep 1
+  done
+  curl -fsS -o /dev/null "$url" || { echo "appliance-up: $url does not answer" >&2; exit 1; }
+done
+
 step "demo workflow: root:// files through the XRootD proxy, POST /jobs, then a TFaaS prediction"
 scp -q -P "$SSH_PORT" -i "$STATE/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
   molecule/default/e2e.py tests/auth/idp.py "root@127.0.0.1:/root/"
