@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.server.jobs import make_huey
+from appliance.server.queue import make_huey
 from appliance.server.settings import Settings
 from servicecore.errors import BadInputError
 
