@@ -90,7 +90,7 @@ class LaneIdentity:
             return False
         try:
             self._verifier.verify(token)
-        except Exception:  # AuthError, IssuerUnavailableError: the hook answers them, in its words
+        except Exception:  # refusals and IssuerUnavailableError: the hook answers them, in its words
             return False
         return True
 
