@@ -1,5 +1,8 @@
 """TFaaS fault run: kill -9 of one gunicorn worker under load; what clients saw and how fast throughput came back.
 
+One piece although above 400 lines, because both parts share the one report file, its splicing and its
+command line; each part is a short run of its own.
+
 One continuous wrk run (64 clients, single-row ``/json``, kept-alive connections as a real client pool keeps
 them) counts the answers of every wall-clock second in its Lua ``response`` hook; after ``--before`` seconds
 one worker is killed with SIGKILL. Reported (bench/results/faults.md): the errors wrk saw (socket errors and
@@ -12,9 +15,6 @@ With ``--api``, the MLaaS4HEP API's fault runs instead: kill -9 of the API maste
 (the errors they saw, the time until a submission is accepted again, and that every job acknowledged with 201
 is still there after the restart), and kill -9 of the job worker during a job (what the job is marked, with
 which reason, and when). Each run rewrites only its own section of bench/results/faults.md.
-
-This module is one piece above 400 lines because both parts share the one report file, its splicing and its
-command line; each part is a short run of its own.
 
 usage: python bench/faults.py [--before 10] [--after 20] [--clients 64] [--workers 2] [--rounds 1]
        python bench/faults.py --api [--api-clients 8] [--api-before 5] [--api-after 10] [--job-before 5]

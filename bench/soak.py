@@ -1,5 +1,8 @@
 """TFaaS soak: 64 clients on ``/json`` for N minutes while a model of the same name is republished every 10 s.
 
+One piece although above 400 lines: the load, the probe, the republisher and the report share one
+timeline, and a benchmark is read top to bottom.
+
 Reports (bench/results/soak.md): non-2xx answers and socket errors, silent seconds (a second in which no
 request was answered), p99 and maximum latency during reloads against the rest, the workers' RSS growth, and
 the load average sampled every second.
@@ -13,9 +16,6 @@ without an answer exactly. A reload window is from the start of an upload to 3 s
 worker rescans every second and then loads the new version).
 
 usage: python bench/soak.py [--minutes 5] [--clients 64] [--republish-s 10] [--workers 2] [--oidc]
-
-One script although above 400 lines: the load, the probe, the republisher and the report share one
-timeline, and a benchmark is read top to bottom.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """TFaaS benchmark: the 42x128x128x128x64x64x1 MLP of the original TFaaS, served over HTTP on loopback with wrk.
 
+One piece although above 400 lines: every server of the comparison (floor, TFaaS with SavedModel and ONNX
+bundles, the in-process baseline, the peer) runs for the whole run and is measured in the same interleaved
+rounds, so their set-up and the rounds are one timeline.
+
 Measured in one run, each against its baseline from the same run:
 - single-row ``/json`` requests/s and p50/p99 latency at 1, 16 and 64 clients, against the HTTP floor (a bare
   WSGI app under gunicorn with the same workers that parses the same JSON and returns a constant);
@@ -10,10 +14,6 @@ Measured in one run, each against its baseline from the same run:
 
 usage: python bench/tfaas_bench.py [--duration 4] [--rounds 5] [--quick] [--mlflow-python PYTHON]
 Writes bench/results/tfaas.md.
-
-One script although above 400 lines: every server of the comparison (floor, TFaaS with SavedModel and ONNX
-bundles, the in-process baseline, the peer) runs for the whole run and is measured in the same interleaved
-rounds, so their set-up and the rounds are one timeline.
 """
 
 from __future__ import annotations

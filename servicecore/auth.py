@@ -1,5 +1,8 @@
 """Identity and access for both services: OIDC bearer tokens verified with PyJWT, groups and owner checks.
 
+One piece although above 400 lines, because the settings, the verifier and the Flask hooks are one
+security decision: a reader checking what a request must carry should not have to follow it across files.
+
 The services sit behind oauth2-proxy, but they do not trust it: every request to a protected path carries a
 bearer token (``Authorization: Bearer``, or ``X-Forwarded-Access-Token`` as oauth2-proxy forwards a session's
 access token), verified here against the issuer's published keys.
@@ -14,9 +17,6 @@ Modes (``auth.mode``): ``oidc`` verifies tokens and applies the access policy (`
 ``trusted-header-demo`` (the caller is oauth2-proxy's ``X-Forwarded-User``), trust whoever can reach the
 port, so they are refused unless the service binds a loopback address. Left unset (``auto``), the mode is
 ``oidc`` beyond loopback and ``trusted-header-demo`` on it (a bare ``serve`` on 127.0.0.1 is the local demo).
-
-One module although above 400 lines, because the settings, the verifier and the Flask hooks are one
-security decision: a reader checking what a request must carry should not have to follow it across files.
 """
 
 from __future__ import annotations

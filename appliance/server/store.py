@@ -1,5 +1,8 @@
 """The job store: the truth about every job, shared by the API and the workers, and surviving restarts.
 
+One piece although above 400 lines: the tables and the transactions over them are one schema, and each
+query reads best beside the table it touches (the claim's locking beside the uid index, say).
+
 One code path (SQLAlchemy Core) serves both backends: the embedded default, one SQLite file
 (``DATA_DIR/jobs.db``, WAL mode), and PostgreSQL (``store_url: postgresql+psycopg://...``) when workers run on
 other machines. The schema is alembic's (``appliance/server/migrations``), brought up to date when a store
@@ -8,9 +11,6 @@ state = 'queued'); the same transaction gives it a uid of the reserved range tha
 (claims are serialised: SQLite's BEGIN IMMEDIATE, PostgreSQL's transaction-scoped advisory lock, and a unique
 index on the uids of running jobs backs that up), so two jobs never share an identity, whichever machine runs
 them. Workers write heartbeats to ``workers``, which /health and /metrics read.
-
-One module although above 400 lines: the tables and the transactions over them are one schema, and each
-query reads best beside the table it touches (the claim's locking beside the uid index, say).
 """
 
 from __future__ import annotations

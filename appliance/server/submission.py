@@ -1,12 +1,12 @@
 """Turning a request into a queued job: the workflow body, uploads, and the job directory built from them.
 
+One piece although above 400 lines: uploads, quotas and the workflow's files are one path through which a
+request's bytes reach the disk, and the checks on that path (paths inside the upload, limits, quota) are
+easier to audit read together.
+
 The workflow body is declared once (``WORKFLOW``): its validation here and its schema in the OpenAPI
 document read the same declaration. Jobs never run here: a request is validated, its inputs are written into
 a fresh job directory (built aside, then renamed into place), and the job id is queued for the workers.
-
-One module although above 400 lines: uploads, quotas and the workflow's files are one path through which a
-request's bytes reach the disk, and the checks on that path (paths inside the upload, limits, quota) are
-easier to audit read together.
 """
 
 from __future__ import annotations

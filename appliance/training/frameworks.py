@@ -1,5 +1,8 @@
 """Models of other frameworks than Keras: PyTorch modules and scikit-learn/XGBoost estimators.
 
+One piece although above 400 lines: the PyTorch and the estimator adapters answer the same few calls of
+the trainer (fit a chunk, predict, export), and reading them side by side shows that they do.
+
 The trainer drives every framework through the same small interface (:class:`FrameworkModel`): train on the
 stream's arrays for one epoch, predict class probabilities in the shape a Keras bundle outputs ([n, 1] for a
 binary problem with one output, else [n, n_classes]), count parameters, and export to ONNX
@@ -10,9 +13,6 @@ Options come from params.json's ``training`` object (``loss``, ``optimizer``, ``
 ``max_sample_events``, ``allow_sample``), or for a PyTorch module from what ``model(idim)`` returns beside it:
 ``(module, {"loss": ...})`` or ``{"model": module, "loss": ..., "optimizer": ...}``, where ``loss`` and
 ``optimizer`` may also be a torch loss module or optimizer instance.
-
-One module although above 400 lines: the PyTorch and the estimator adapters answer the same few calls of
-the trainer (fit a chunk, predict, export), and reading them side by side shows that they do.
 """
 
 from __future__ import annotations
