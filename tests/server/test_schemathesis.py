@@ -9,8 +9,6 @@ The data directory is kept small by a small upload limit and quota; examples are
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +19,9 @@ from tests.auth.cases import ALICE, AUDIENCE
 from tests.auth.idp import IdentityProvider
 from tests.auth.mlaas_server import data_directory, mlaas_api
 from tests.server.conftest import TINY_MODEL, TINY_PARAMS
+from tests.support.schemathesis import SCHEMATHESIS, run_schemathesis
 
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-SEED = 14
 MAX_EXAMPLES = 20  # per operation and phase: a few hundred requests per route at most
-SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 QUEUED_JOBS = 4  # jobs alice owns, so that the fuzzer reaches past 404 (cancelled, then deleted, as it goes)
 # Generated ids are unknown jobs (404): ids drawn from alice's reach her jobs' logs, model, plots and state.
 CONFIG = """
@@ -87,34 +83,12 @@ def test_schemathesis_finds_nothing(
     token = idp.mint(ALICE, AUDIENCE, lifetime_s=3600)
     document = requests.get(url + "/openapi.json", timeout=60)
     document.raise_for_status()
-    schema = tmp_path / "openapi.json"
-    schema.write_bytes(document.content)
-    config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG.format(jobs=json.dumps(jobs)))
-    argv = [
-        str(SCHEMATHESIS),
-        "--config-file",
-        str(config),
-        "run",
-        str(schema),
-        "--url",
+    run = run_schemathesis(
         url,
-        "--checks",
-        CHECKS,
-        "--max-examples",
-        str(MAX_EXAMPLES),
-        "--seed",
-        str(SEED),
-        "--generation-database",
-        "none",
-        # One worker: with two, Hypothesis's threads crash in CPython 3.11's ast.parse (see the TFaaS test).
-        "--workers",
-        "1",
-        "--request-timeout",
-        "60",
-        "--no-color",
-    ]
-    if with_token:
-        argv += ["--header", f"Authorization: Bearer {token}"]
-    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+        document.content,
+        CONFIG.format(jobs=json.dumps(jobs)),
+        tmp_path,
+        MAX_EXAMPLES,
+        token if with_token else None,
+    )
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +18,11 @@ import requests
 
 from tests.auth.cases import ALICE, AUDIENCE, service_auth
 from tests.auth.idp import IdentityProvider
+from tests.support.schemathesis import SCHEMATHESIS, run_schemathesis
 from tests.tfaas.conftest import populate
 from tests.tfaas.server import TfaasServer, tfaas_server
 
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-SEED = 14
 MAX_EXAMPLES = 25  # per operation and phase: a few hundred requests per route at most
-SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # Most generated names would be unknown models (404): names drawn from the repository's reach the models.
 CONFIG = """
 [dictionaries.models]
@@ -66,35 +62,7 @@ def test_schemathesis_finds_nothing(
     authorization = {"Authorization": f"Bearer {token}"}
     document = requests.get(secured.url + "/openapi.json", headers=authorization, timeout=60)
     document.raise_for_status()
-    schema = tmp_path / "openapi.json"
-    schema.write_bytes(document.content)
-    config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG)
-    argv = [
-        str(SCHEMATHESIS),
-        "--config-file",
-        str(config),
-        "run",
-        str(schema),
-        "--url",
-        secured.url,
-        "--checks",
-        CHECKS,
-        "--max-examples",
-        str(MAX_EXAMPLES),
-        "--seed",
-        str(SEED),
-        "--generation-database",
-        "none",
-        # One worker: with two, Hypothesis's threads crash in CPython 3.11's ast.parse ("AST constructor
-        # recursion depth mismatch"), a runtime error of the tool, not a finding.
-        "--workers",
-        "1",
-        "--request-timeout",
-        "60",
-        "--no-color",
-    ]
-    if with_token:
-        argv += ["--header", f"Authorization: Bearer {token}"]
-    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    run = run_schemathesis(
+        secured.url, document.content, CONFIG, tmp_path, MAX_EXAMPLES, token if with_token else None
+    )
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]
