@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--progress-file", help="append one JSON line per progress event here (the job worker follows it)"
     )
+    train.add_argument(
+        "--init-model", help="a model bundle directory to start from: its weights and input transform"
+    )
 
     predict = sub.add_parser("predict", help="apply a model to ROOT files and write one friend tree per file")
     _predict_arguments(predict)

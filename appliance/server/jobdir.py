@@ -5,7 +5,8 @@
     DATA_DIR/jobs.db  queue.db            the job store and huey's queue (never readable by jobs)
     DATA_DIR/uploads/<owner>/<id>/        extracted uploads (never readable by jobs)
     DATA_DIR/jobs/<id>/                   one job; 0700 to its owner, the server, except while it runs:
-        inputs/                           its workflow files and upload (the job reads them, never writes)
+        inputs/                           its workflow files and upload (the job reads them, never writes),
+                                          init_model/ (a warm start's bundle, the worker's copy)
         work/                             the job's output directory, the only place the job may write:
             bundle/ progress.jsonl specs.json  (its HOME and TMPDIR too)
         job.log  result.json              the worker's log (and the job's stderr), the job's stdout
@@ -83,6 +84,11 @@ class JobDir:
     @property
     def preproc(self) -> Path:
         return self.inputs / "preproc.json"
+
+    @property
+    def init_model(self) -> Path:
+        """A warm start's model bundle, copied here from the repository by the worker (never by the job)."""
+        return self.inputs / "init_model"
 
     def model_file(self, name: str) -> Path:
         """The job's model, ``model.py`` or ``model.json``."""

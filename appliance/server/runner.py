@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from appliance.server.isolation import JobIdentity, close_job_dir, kill_processes_of, open_job_dir
@@ -75,6 +77,7 @@ class JobRun:
             "--name", self.job.model_name,
             "--progress-file", str(d.progress),
             "--quiet",
+            *(["--init-model", str(d.init_model)] if request.get("init_model") else []),
         ]  # fmt: skip
         r = self.resources
         limits = [
@@ -122,6 +125,11 @@ class JobRun:
 
     def run(self) -> Outcome:
         d = self.directory
+        problem = self._stage_init_model()
+        if problem is not None:
+            with d.log.open("ab") as log_file:
+                log_file.write(_log_line(problem))
+            return FAILED, problem, None
         open_job_dir(d, self.identity, self.settings.jobs_dir)
         network = self.network()
         try:
@@ -136,6 +144,21 @@ class JobRun:
             return self._outcome(code, stopped_for)
         finally:
             close_job_dir(d, self.identity)
+
+    def _stage_init_model(self) -> str | None:
+        """A warm start's bundle, copied from the model repository into the job's inputs: the job reads its
+        inputs only, never the repository. Returns why it cannot be, or None."""
+        wanted = self.job.request.get("init_model")
+        if not wanted:
+            return None
+        name, version = str(wanted["name"]), int(wanted["version"])
+        source = self.settings.model_repository / name / str(version)
+        if not (source / "params.json").is_file():
+            return f"init_model {name}/{version} was deleted before the job started: submit it again"
+        target = self.directory.init_model
+        shutil.rmtree(target, ignore_errors=True)
+        copy_readable(source, target)
+        return None
 
     def _execute(self, network: JobNetwork | None) -> tuple[int, str | None]:
         argv = self.argv()
@@ -221,6 +244,22 @@ class JobRun:
         with d.log.open("ab") as log_file:
             log_file.write(_log_line(f"bundle checked; publishing {self.job.model_name}"))
         return SUCCEEDED, None, deliver(d, self.job.model_name, self.settings.model_repository)
+
+
+def copy_readable(source: Path, target: Path) -> None:
+    """Regular files and folders of ``source`` into ``target``, readable by any uid (0644, 0755). Links and
+    special files are left out: the worker is root, and must not read for a job what the job could not."""
+    for folder, directories, files in os.walk(source, followlinks=False):
+        relative = Path(folder).relative_to(source)
+        (target / relative).mkdir(mode=0o755, parents=True, exist_ok=True)
+        (target / relative).chmod(0o755)
+        directories[:] = [name for name in directories if not Path(folder, name).is_symlink()]
+        for name in files:
+            path = Path(folder, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            shutil.copyfile(path, target / relative / name, follow_symlinks=False)
+            (target / relative / name).chmod(0o644)
 
 
 def _terminate(process: subprocess.Popen, grace: float) -> None:

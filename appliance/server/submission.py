@@ -35,9 +35,10 @@ from appliance.server.openapi import RequestBody
 from appliance.server.queue import new_job_id
 from appliance.server.resources import Resources
 from appliance.server.store import QUEUED, Job
-from servicecore.errors import BadInputError, InsufficientStorageError, PayloadTooLargeError
+from appliance.training.warm_start import InitModel, check_workflow, read_init_model
+from servicecore.errors import BadInputError, ForbiddenError, InsufficientStorageError, PayloadTooLargeError
 from servicecore.http import json_body
-from servicecore.naming import model_name, owner_namespace
+from servicecore.naming import NAME, model_name, owner_namespace, owns, versions
 from servicecore.safetar import extract_archive
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,12 @@ WORKFLOW = RequestBody(
         "cpus": _QUANTITY,
         "wall_time": {**_QUANTITY, "example": "2h"},
         "device": {"type": "string", "enum": ["cpu", "gpu"]},
+        "init_model": {
+            "type": "string",
+            "description": "<name>[/<version>] of one of your models to train further (default: its newest "
+            "version); the job publishes the next version of that name",
+            "example": "higgs/3",
+        },
     },
     required=("files", "labels", "model"),
     other_types={
@@ -97,6 +104,14 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     if not isinstance(name, str):
         raise BadInputError(f"name must be a string, got {name!r}")
     resources = Resources.from_request(body, config)
+    init = _init_model(owner, body.get("init_model"), config.model_repository)
+    if init is not None:
+        if body.get("name") and model_name(owner, name) != init.name:
+            raise BadInputError(
+                f"name {name!r} is not init_model {init.name!r}: a warm start publishes the next version of "
+                "init_model's name (leave name out)"
+            )
+        name = init.name.partition(".")[2] or name
     quota_left(owner)
     if source is None:
         source = _upload_dir(owner, body.get("upload"))
@@ -104,7 +119,7 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     final, staging = JobDir.of(config, job_id), JobDir.staging(config, job_id)
     staging.root.mkdir(parents=True)
     try:
-        model_file, has_preproc = _write_inputs(body, source, staging, final)
+        model_file, has_preproc = _write_inputs(body, source, staging, final, init)
         _make_readable(staging.root)
         # Private to the server until a worker opens it to the job's own uid.
         staging.root.chmod(PRIVATE_MODE)
@@ -116,11 +131,12 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
         id=job_id,
         owner=owner,
         name=name,
-        model_name=model_name(owner, name),
+        model_name=init.name if init is not None else model_name(owner, name),
         state=QUEUED,
         resources=resources.__dict__,
         created=time.time(),
-        request={"model_file": model_file, "preproc": has_preproc},
+        request={"model_file": model_file, "preproc": has_preproc}
+        | ({"init_model": {"name": init.name, "version": init.version}} if init is not None else {}),
     )
     queue.submit(job)
     log.info("job %s queued for %s (%s)", job_id, owner, job.model_name)
@@ -128,7 +144,7 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
 
 
 def _write_inputs(
-    body: Mapping[str, Any], source: Path | None, job: JobDir, final: JobDir
+    body: Mapping[str, Any], source: Path | None, job: JobDir, final: JobDir, init: InitModel | None
 ) -> tuple[str, bool]:
     """The job's files.txt, labels.txt, params.json, [preproc.json] and model file, checked with the
     workflow reader. Local data paths must name files of the upload, linked into ``inputs/upload``."""
@@ -153,11 +169,45 @@ def _write_inputs(
 
     workflow = load_workflow(job.files_list, job.labels, params, preproc)
     _check_urls(workflow.files)
+    if init is not None:
+        check_workflow(init, workflow, params)
     # The job sees the directory at its final place.
     job.files_list.write_text(
         "".join(f"{str(path).replace(str(job.inputs), str(final.inputs), 1)}\n" for path in resolved)
     )
     return model_file, preproc is not None
+
+
+def _init_model(owner: str, value: Any, repository: Path) -> InitModel | None:
+    """The caller's published model a warm start begins from: ``<name>[/<version>]``, the name in full
+    (``<owner namespace>.<name>``) or without the namespace; the newest version unless one is given."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise BadInputError(f"init_model must be a string <name>[/<version>], got {value!r}")
+    text, _, version_text = value.strip().partition("/")
+    if not NAME.match(text) or (version_text and not version_text.isdigit()):
+        raise BadInputError(f"init_model {value!r} is not <name>[/<version>]")
+    if owns(owner, text):
+        name = text
+    elif (repository / model_name(owner, text)).is_dir() or "." not in text:
+        name = model_name(owner, text)
+    else:
+        raise ForbiddenError(
+            f"init_model {value!r} is not one of your models (yours are {owner_namespace(owner)}.*): "
+            "a job may start only from its owner's models"
+        )
+    present = versions(repository / name)
+    if not present:
+        raise BadInputError(f"init_model {value!r}: you have no published model {name!r}")
+    version = int(version_text) if version_text else present[-1]
+    if version not in present:
+        raise BadInputError(
+            f"init_model {value!r}: {name!r} has no version {version} (it has {', '.join(map(str, present))})"
+        )
+    init = read_init_model(repository / name / str(version))
+    init.name, init.version = name, version
+    return init
 
 
 def _reference(name: Any, what: str, upload: Path | None) -> Path:

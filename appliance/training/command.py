@@ -48,6 +48,7 @@ def train_from_cli(args: argparse.Namespace) -> dict[str, Any]:
             publish=args.publish,
             name=args.name,
             progress=report,
+            init_model=getattr(args, "init_model", None),
         )
     except BadInputError as err:
         report({"stage": "failed", "error": str(err), "time": now()})

@@ -292,6 +292,8 @@ class EstimatorModel(FrameworkModel):
         self.allow_sample = bool(options.get("allow_sample", False))
         self.rng = np.random.default_rng(seed)
         self.started = False
+        # Extra arguments of fit: a warm start gives XGBoost the booster to go on from (xgb_model).
+        self.fit_options: dict[str, Any] = {}
 
     def check_stream(self, train_events: int) -> None:
         if self.streaming or train_events <= self.max_sample:
@@ -346,7 +348,7 @@ class EstimatorModel(FrameworkModel):
         x, y = xs[:n], ys[:n]
         fit_options = {"sample_weight": ws[:n]} if weighted else {}
         try:
-            self.estimator.fit(x, y, **fit_options)
+            self.estimator.fit(x, y, **fit_options, **self.fit_options)
         except (ValueError, TypeError) as err:
             raise BadInputError(
                 f"{self.source}: {type(self.estimator).__name__}.fit failed: {_describe(err)}"

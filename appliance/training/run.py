@@ -5,6 +5,7 @@ publishing; ``run_training`` is what ``mlaas4hep train`` and the job worker call
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -28,6 +29,14 @@ from appliance.training.onnx_export import CHECK_EVENTS as ONNX_CHECK_EVENTS
 from appliance.training.onnx_export import TOLERANCE as ONNX_TOLERANCE
 from appliance.training.onnx_export import OnnxExport, export_onnx
 from appliance.training.trainer import Progress, Trainer, now
+from appliance.training.warm_start import (
+    InitModel,
+    bundle_predictor,
+    old_model_metrics,
+    read_init_model,
+    start_from,
+    warm_spec,
+)
 from servicecore.errors import BadInputError
 from servicecore.naming import check_name
 from servicecore.publishing import publish as publish_bundle
@@ -109,10 +118,13 @@ def run_training(
     publish: str | Path | None = None,
     name: str | None = None,
     progress: Progress | None = None,
+    init_model: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on the workflow and write the bundle to ``fout`` (and publish it when asked).
 
-    Returns ``{"bundle", "published", "name", "version", "metrics"}`` with the test metrics.
+    With ``init_model`` (a bundle directory) the model starts from that bundle's weights and keeps its input
+    transform (``appliance.training.warm_start``); the test metrics then hold the old model's beside the new
+    one's (``init_model_auc`` ...). Returns ``{"bundle", "published", "name", "version", "metrics"}``.
     """
     report = progress or (lambda event: None)
     started = time.monotonic()
@@ -125,10 +137,14 @@ def run_training(
 
     wf = load_workflow(files, labels, params, preproc, specs)
     preflight_model(model)
+    init = read_init_model(init_model) if init_model is not None else None
     cache_bound = _cache_bound(wf.params.training)
     report({"stage": "specs", "files": len(wf.files), "time": now()})
     spec = load_or_compute_specs(wf)
     refuse_nonfinite(spec)
+    if init is not None:
+        raw_params = params if isinstance(params, Mapping) else json.loads(Path(params).read_text())
+        spec = warm_spec(init, spec, raw_params)
     stream = EventStream(wf, spec)
     report(
         {
@@ -149,6 +165,7 @@ def run_training(
         batch_size=wf.params.batch_size,
         seed=wf.params.seed,
     )
+    start_difference = start_from(user_model, init) if init is not None else None
     device = framework_device(user_model)
     train_share = (1.0 - wf.params.split) * (1.0 - wf.params.validation_split)
     if isinstance(user_model, FrameworkModel):
@@ -178,6 +195,8 @@ def run_training(
         history = trainer.fit()
         report({"stage": "evaluate", "events": trainer.test.events, "time": now()})
         test, roc = trainer.evaluate()
+        if init is not None:
+            test |= _init_model_metrics(init, trainer, encoding.probabilities, stream.class_names)
         onnx = None
         if isinstance(user_model, FrameworkModel):
             onnx = export_onnx(user_model, spec.dim, trainer.test_features(ONNX_CHECK_EVENTS))
@@ -191,6 +210,13 @@ def run_training(
     )
     if onnx is not None:
         metrics["onnx"] = _onnx_metrics(onnx)
+    if init is not None:
+        metrics["init_model"] = {
+            "name": init.name,
+            "version": init.version,
+            "framework": init.framework,
+            "start_max_abs_diff": start_difference,
+        }
     bundle = write_bundle(
         fout,
         model=user_model,
@@ -216,6 +242,17 @@ def run_training(
     }
     report({"stage": "done", **result, "time": now()})
     return result
+
+
+def _init_model_metrics(
+    init: InitModel, trainer: Trainer, probabilities: Any, class_names: list[str]
+) -> dict[str, Any]:
+    """``init_model_<metric>``: the old model on the same new test events as the new one."""
+    predict = bundle_predictor(init)
+    if predict is None:
+        return {"init_model_note": f"init_model {init.label} is not servable: not compared"}
+    old = old_model_metrics(predict, trainer.test.arrays(), trainer.test.labels(), probabilities, class_names)
+    return {f"init_model_{key}": value for key, value in old.items() if key != "events"}
 
 
 def _metrics_document(

@@ -1,0 +1,128 @@
+"""Warm start through the service: ``init_model`` names one of the caller's published models; the job trains
+it further on new files and publishes the next version of the same name.
+
+The API checks the request before anything is queued (the model exists, is the caller's, and the new files'
+branches are the ones it takes); the worker copies the bundle into the job's inputs, and the job, under its
+own uid, starts from its weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from appliance.training.run import run_training
+from tests.server.conftest import (
+    TINY_MODEL,
+    TINY_PARAMS,
+    api_process,
+    follow_job,
+    http_getter,
+    worker_process,
+    workflow,
+)
+from tests.server.test_api import assert_error, submit
+
+pytestmark = pytest.mark.slow
+ALICE = {"X-Forwarded-User": "alice"}
+BOB = {"X-Forwarded-User": "bob"}
+NARROW = {**TINY_PARAMS, "exclude_branches": ["MET_*"]}
+WEAK = {**TINY_PARAMS, "nevts": 600}
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def publish_first_model(tmp_path: Path, repository: Path, files: list[str], params: dict, name: str) -> None:
+    """A real training run, published as version 1 into the service's repository."""
+    directory = tmp_path / "first"
+    directory.mkdir()
+    (directory / "files.txt").write_text("".join(f"{url}\n" for url in files))
+    (directory / "labels.txt").write_text("1\n0\n")
+    (directory / "model.json").write_text(json.dumps(TINY_MODEL))
+    run_training(
+        files=directory / "files.txt",
+        labels=directory / "labels.txt",
+        model=directory / "model.json",
+        params=params,
+        fout=directory / "bundle",
+        publish=repository,
+        name=name,
+    )
+
+
+def test_bad_init_models_are_refused_before_anything_is_queued(make_app, data_dir, tmp_path, remote_samples):
+    files = [remote_samples["signal"], remote_samples["background"]]
+    publish_first_model(tmp_path, data_dir / "models", files, NARROW, "alice.narrow")
+    client = make_app()
+
+    missing = submit(client, workflow(remote_samples, init_model="nothing"))
+    assert_error(missing, 400, "init_model 'nothing'", "no published model 'alice.nothing'")
+    assert_error(
+        submit(client, workflow(remote_samples, init_model="narrow/7")), 400, "no version 7", "(it has 1)"
+    )
+    assert_error(submit(client, workflow(remote_samples, init_model="narrow/x")), 400, "<name>[/<version>]")
+    # Bob may not start from Alice's model (and is not told whether it exists).
+    for name in ("alice.narrow", "alice.absent"):
+        theirs = submit(client, workflow(remote_samples, init_model=name), headers=BOB)
+        assert_error(theirs, 403, f"init_model {name!r} is not one of your models", "bob.*")
+    # Alice's own model, with the new files' other branches: the culprits are named.
+    other_spec = submit(client, workflow(remote_samples, init_model="narrow", name="narrow"))
+    assert_error(other_spec, 400, "alice.narrow/1 has another feature spec", "MET_pt", "exclude_branches")
+    other_transform = workflow(
+        remote_samples, init_model="narrow", name="narrow", params={**NARROW, "normalisation": "standard"}
+    )
+    assert_error(submit(client, other_transform), 400, "normalisation 'standard' differs")
+    renamed = workflow(remote_samples, init_model="alice.narrow", name="other", params=NARROW)
+    assert_error(submit(client, renamed), 400, "next version of init_model's name")
+    assert client.get("/jobs", headers=ALICE).get_json()["jobs"] == []
+    assert client.get("/jobs", headers=BOB).get_json()["jobs"] == []
+
+    accepted = submit(client, workflow(remote_samples, init_model="alice.narrow", name=None, params=NARROW))
+    assert accepted.status_code == 201, accepted.get_data(as_text=True)
+    assert accepted.get_json()["model_name"] == "alice.narrow"
+    assert len(client.get("/jobs", headers=ALICE).get_json()["jobs"]) == 1
+
+
+def test_a_job_starts_from_a_published_model_and_improves_it_on_new_data(
+    data_dir, tmp_path, remote_samples, xrootd, sample_files
+):
+    twin = xrootd.proxy_url(xrootd.add_file(sample_files["background_twin"], "server/background_twin.root"))
+    user = {"X-Forwarded-Email": "alice@example.org"}
+    with api_process(data_dir, tmp_path / "api.log") as url, \
+            worker_process(data_dir, tmp_path / "worker.log", *remote_samples.values()):  # fmt: skip
+        get = http_getter(url, "alice@example.org")
+        first = requests.post(
+            f"{url}/jobs", json=workflow(remote_samples, params=WEAK), headers=user, timeout=60
+        )
+        assert first.status_code == 201, first.text
+        done = follow_job(get, first.json()["id"], FINISHED, 600)
+        assert done["state"] == "succeeded", done["error"]
+        assert done["result"]["version"] == 1
+
+        more = {**TINY_PARAMS, "epochs": 3}
+        body = workflow(
+            remote_samples, files=[remote_samples["signal"], twin], params=more, init_model="ttbar"
+        )
+        second = requests.post(f"{url}/jobs", json=body, headers=user, timeout=60)
+        assert second.status_code == 201, second.text
+        done = follow_job(get, second.json()["id"], FINISHED, 600)
+        assert done["state"] == "succeeded", done["error"]
+        name = done["model_name"]
+        assert name == "alice-40example-2eorg.ttbar" and done["result"]["version"] == 2
+        test = done["result"]["metrics"]
+        assert test["auc"] > test["init_model_auc"] > 0.5  # old and new model on the same new test events
+        logs = requests.get(f"{url}/jobs/{second.json()['id']}/logs", headers=user, timeout=30).text
+        assert "--init-model" in logs and "/inputs/init_model" in logs
+
+    published = data_dir / "models" / name / "2"
+    metrics = json.loads((published / "metrics.json").read_text())
+    assert metrics["init_model"] == {
+        "name": name,
+        "version": 1,
+        "framework": "keras",
+        "start_max_abs_diff": metrics["init_model"]["start_max_abs_diff"],
+    }
+    assert metrics["init_model"]["start_max_abs_diff"] < 1e-5
+    assert (data_dir / "models" / name / "1" / "saved_model.pb").is_file()  # the old version stays
