@@ -8,6 +8,7 @@ same numbers as TensorFlow on random inputs before they are used; any other grap
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,47 @@ class UnsupportedGraphError(Exception):
 # -- the NumPy engine ------------------------------------------------------------------------------------
 
 
+# The steps are module-level functions (or partials of them), never lambdas or closures, so that a compiled
+# graph pickles: an upload is checked and compiled in a child process that hands the graph over
+# (``tfaas.upload_check``).
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, np.float32(0))
+
+
+def _relu6(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, np.float32(0), np.float32(6))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(np.float32(0), x)
+
+
+def _rsqrt(x: np.ndarray) -> np.ndarray:
+    return np.float32(1) / np.sqrt(x)
+
+
+def _relu_in_place(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, np.float32(0), out=x)
+
+
+def _sigmoid_in_place(x: np.ndarray) -> np.ndarray:
+    return expit(x, out=x)
+
+
+def _tanh_in_place(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x, out=x)
+
+
+def _binary_in_place(ufunc: np.ufunc, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return ufunc(x, y, out=x)
+
+
+def _leaky(slope: np.float32, x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, x * slope)
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     shifted = np.exp(x - x.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -51,12 +93,12 @@ def _selu(x: np.ndarray) -> np.ndarray:
 
 
 UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "Relu": lambda x: np.maximum(x, np.float32(0)),
-    "Relu6": lambda x: np.clip(x, np.float32(0), np.float32(6)),
+    "Relu": _relu,
+    "Relu6": _relu6,
     "Sigmoid": expit,
     "Tanh": np.tanh,
     "Softmax": _softmax,
-    "Softplus": lambda x: np.logaddexp(np.float32(0), x),
+    "Softplus": _softplus,
     "Elu": _elu,
     "Selu": _selu,
     "Exp": np.exp,
@@ -64,7 +106,7 @@ UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Neg": np.negative,
     "Abs": np.abs,
     "Sqrt": np.sqrt,
-    "Rsqrt": lambda x: np.float32(1) / np.sqrt(x),
+    "Rsqrt": _rsqrt,
     "Square": np.square,
 }
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -81,12 +123,12 @@ PASS_THROUGH = {"Identity", "StopGradient", "Snapshot"}
 # The same operations writing into their first operand, used when that operand is a temporary nobody else
 # reads: a dense layer then allocates one array (the MatMul's) instead of three.
 IN_PLACE_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "Relu": lambda x: np.maximum(x, np.float32(0), out=x),
-    "Sigmoid": lambda x: expit(x, out=x),
-    "Tanh": lambda x: np.tanh(x, out=x),
+    "Relu": _relu_in_place,
+    "Sigmoid": _sigmoid_in_place,
+    "Tanh": _tanh_in_place,
 }
 IN_PLACE_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    op: (lambda ufunc: lambda x, y: ufunc(x, y, out=x))(BINARY[op])
+    op: functools.partial(_binary_in_place, BINARY[op])
     for op in ("BiasAdd", "Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum", "Minimum")
 }
 
@@ -210,18 +252,25 @@ def _is_float32_cast(node: Any) -> bool:
 
 
 def _leaky_relu(alpha: float) -> Callable[[np.ndarray], np.ndarray]:
-    slope = np.float32(alpha)
-    return lambda x: np.where(x > 0, x, x * slope)
+    return functools.partial(_leaky, np.float32(alpha))
 
 
 def numpy_runner(
-    graph: NumpyGraph, run_tensorflow: Callable[[np.ndarray], np.ndarray], max_rows: int | None
+    graph: NumpyGraph,
+    run_tensorflow: Callable[[np.ndarray], np.ndarray] | None,
+    max_rows: int | None,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The graph in NumPy, in blocks of rows; batches above ``max_rows`` (if any) go to TensorFlow."""
+    """The graph in NumPy, in blocks of rows; batches above ``max_rows`` (if any) go to TensorFlow.
+
+    Without ``max_rows`` TensorFlow is never called, so ``run_tensorflow`` may be None (a graph compiled in
+    another process, with no SavedModel loaded in this one)."""
+    if max_rows is not None and run_tensorflow is None:
+        raise ValueError("batches above max_rows need TensorFlow")
 
     def run(matrix: np.ndarray) -> np.ndarray:
         rows = len(matrix)
         if max_rows is not None and rows > max_rows:
+            assert run_tensorflow is not None
             return run_tensorflow(matrix)
         if rows <= NUMPY_BLOCK_ROWS:
             return np.asarray(graph(matrix), dtype=np.float32).reshape(rows, -1)

@@ -19,7 +19,7 @@ import numpy as np
 
 from servicecore.errors import BadInputError, ServiceError
 from tfaas.batching import Batcher, InFlight
-from tfaas.engine import NUMPY_MAX_ROWS, compile_checked, first_line, numpy_runner
+from tfaas.engine import NUMPY_MAX_ROWS, NumpyGraph, compile_checked, first_line, numpy_runner
 from tfaas.repository import Bundle, ModelNotFoundError, ModelRepository, Snapshot
 from tfaas.settings import Settings
 
@@ -60,6 +60,8 @@ class LoadedModel:
     engine: str  # "numpy", "tensorflow" or "onnx"
     run: Callable[[np.ndarray], np.ndarray]
     batcher: Batcher | None = None
+    # The NumPy engine's compiled graph (engine "numpy"), which a process that checked an upload hands over.
+    graph: NumpyGraph | None = field(default=None, repr=False)
     warmed: bool = False  # it has answered a warm-up prediction: only then may a request reach it
     _features: Any = field(default=None, repr=False)
 
@@ -119,13 +121,13 @@ def load_model(bundle: Bundle, numpy_engine: bool = True, tf_threads: int = 1) -
         result = signature(**{input_name: tf.constant(matrix, dtype=input_dtype)})[output_name]
         return np.asarray(result.numpy(), dtype=np.float32).reshape(len(matrix), -1)
 
-    run, engine = run_tensorflow, "tensorflow"
+    run, engine, graph = run_tensorflow, "tensorflow", None
     if numpy_engine and input_dtype == tf.float32:
         graph = compile_checked(signature, input_name, output_name, run_tensorflow, dim, bundle.name)
         if graph is not None:
             max_rows = None if tf_threads == 1 else NUMPY_MAX_ROWS
             run, engine = numpy_runner(graph, run_tensorflow, max_rows), "numpy"
-    model = LoadedModel(bundle, input_name, output_name, dim, n_outputs, engine, run)
+    model = LoadedModel(bundle, input_name, output_name, dim, n_outputs, engine, run, graph=graph)
     log.info("loaded %s version %d (%s engine, %d features)", bundle.name, bundle.version, engine, dim)
     return model
 
@@ -143,6 +145,24 @@ def _pick(
         f"model {name!r}: cannot tell which {kind} to use among {sorted(available)}; "
         f"set {keys[0]!r} in params.json"
     )
+
+
+def load_warmed(bundle: Bundle, numpy_engine: bool = True, tf_threads: int = 1) -> LoadedModel:
+    """Load a bundle (SavedModel or ONNX) and warm it up with one prediction."""
+    if bundle.params.get("runtime") == "onnx":
+        from tfaas.onnx_model import load_onnx_model  # it builds on this module's LoadedModel
+
+        return warm_up(load_onnx_model(bundle, tf_threads))
+    return warm_up(load_model(bundle, numpy_engine, tf_threads))
+
+
+def warm_up(model: LoadedModel) -> LoadedModel:
+    try:
+        model.run(np.zeros((1, model.dim), dtype=np.float32))
+    except Exception as err:  # TensorFlow raises many types
+        failure = first_line(err)
+        raise BadInputError(f"model {model.bundle.name!r} fails its warm-up prediction: {failure}") from None
+    return model
 
 
 # -- the model store of one worker -----------------------------------------------------------------------
@@ -273,15 +293,6 @@ class ModelStore:
         """Load every model in the background, so the worker answers health probes meanwhile."""
         threading.Thread(target=self.load_latest, name="tfaas-preload", daemon=True).start()
 
-    def install_published(self, model: LoadedModel, name: str, version: int) -> None:
-        """Serve ``model``, built from a bundle before it was published, as the version just published."""
-        try:
-            model.bundle = self.bundle(name, version)
-        except ServiceError as err:  # deleted meanwhile: nothing to serve
-            log.warning("cannot serve %s version %d just published: %s", name, version, err)
-            return
-        self._install(model)
-
     def wait_for_loads(self, timeout: float) -> bool:
         """Wait until no background load is queued or running (tests, benchmarks); False on timeout."""
         deadline = time.monotonic() + timeout
@@ -343,17 +354,26 @@ class ModelStore:
 
     def build(self, bundle: Bundle) -> LoadedModel:
         """Load and warm up: the model answers one prediction before any request can reach it."""
-        if bundle.params.get("runtime") == "onnx":
-            from tfaas.onnx_model import load_onnx_model  # it builds on this module's LoadedModel
+        return self._ready(load_warmed(bundle, self.settings.numpy_engine, self.settings.tf_threads))
 
-            model = load_onnx_model(bundle, self.settings.tf_threads)
-        else:
-            model = load_model(bundle, self.settings.numpy_engine, self.settings.tf_threads)
+    def install_checked(self, checked: LoadedModel, name: str, version: int) -> None:
+        """Serve the version just published from ``checked``, what the upload's check built in a child
+        process: a NumPy-engine model from its graph, with no load in this worker; any other model is loaded
+        here, as a request would load it."""
         try:
-            model.run(np.zeros((1, model.dim), dtype=np.float32))
-        except Exception as err:  # TensorFlow raises many types
-            failure = first_line(err)
-            raise BadInputError(f"model {bundle.name!r} fails its warm-up prediction: {failure}") from None
+            bundle = self.bundle(name, version)
+        except ServiceError as err:  # deleted meanwhile: nothing to serve
+            log.warning("cannot serve %s version %d just published: %s", name, version, err)
+            return
+        if checked.graph is None:
+            self.get(name, version)
+            return
+        checked.bundle = bundle
+        checked.run = numpy_runner(checked.graph, None, None)
+        self._install(self._ready(warm_up(checked)))
+
+    def _ready(self, model: LoadedModel) -> LoadedModel:
+        """A warmed model with the batcher its engine and the settings call for."""
         batching = self.settings.batching
         if batching.enabled and (model.engine in ("tensorflow", "onnx") or batching.numpy_models):
             model.batcher = Batcher(

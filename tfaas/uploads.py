@@ -1,7 +1,9 @@
 """``POST /upload``: staging an uploaded bundle, checking that it can be served, publishing it.
 
 Nothing reaches the repository unless the bundle loads with its signature and its feature spec fits: the
-bundle is staged in ``MODELS/.incoming/`` (same file system) and published with one rename.
+bundle is staged in ``MODELS/.incoming/`` (same file system) and published with one rename. The model is
+loaded and checked in a child process (``tfaas.upload_check``), so the worker's other requests keep their
+latency meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from servicecore.safetar import extract_archive
 from tfaas.predictor import LoadedModel, ModelStore
 from tfaas.repository import MODEL_FILES, ONNX_MODEL, SAVED_MODEL, read_bundle
 from tfaas.settings import Settings
+from tfaas.upload_check import check_in_child
 
 TAR_TYPES = frozenset(
     {
@@ -46,13 +49,13 @@ def stage_upload(store: ModelStore) -> tuple[str, int]:
                 "or a (gzipped) tar bundle",
             )
         require_owner(name)  # before loading the model: a refusal costs nothing
-        model = check_bundle(name, bundle_dir, store)
+        checked = check_bundle(name, bundle_dir, store)
         _, version = store.repository.publish(bundle_dir, name)
     store.refresh(force=True)
     # The uploader reads its own write: this worker puts the model it checked in place as the new version
     # before answering (others keep serving the old one meanwhile); the other workers swap it in at their
     # next rescan.
-    store.install_published(model, name, version)
+    store.install_checked(checked, name, version)
     return name, version
 
 
@@ -125,8 +128,8 @@ def _has_model_file(path: Path) -> bool:
 def check_bundle(name: str, bundle_dir: Path, store: ModelStore) -> LoadedModel:
     """Refuse an upload that could not be served: nothing reaches the repository unless this passes.
 
-    The model is loaded and warmed up as the store would serve it, and returned, so that the worker that
-    took the upload serves it without loading it a second time.
+    The model is loaded and warmed up as the store would serve it, in a child process, and returned without
+    its TensorFlow parts (``tfaas.upload_check``).
     """
     if not (bundle_dir / "params.json").is_file():
         raise BadInputError("the bundle has no params.json")
@@ -141,7 +144,5 @@ def check_bundle(name: str, bundle_dir: Path, store: ModelStore) -> LoadedModel:
     if bundle.params.get("servable") is False:
         reason = bundle.params.get("unservable_reason") or "no reason recorded"
         raise BadInputError(f"model {name!r} is marked not servable, so it is not accepted: {reason}")
-    model = store.build(bundle)
-    if model.bundle.params.get("features"):
-        _ = model.features  # raises if the spec is malformed or does not fit the SavedModel
-    return model
+    settings = store.settings
+    return check_in_child(bundle, settings.numpy_engine, settings.tf_threads, settings.timeout_s)
