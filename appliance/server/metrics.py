@@ -47,6 +47,7 @@ def health(queue: JobQueue) -> dict[str, Any]:
             if worker.version == version
             else f"version {worker.version}, the front {version}",
             "running": worker.running,
+            "gpus": worker.gpus,
             "heartbeat": iso(worker.heartbeat),
         }
         for worker in queue.store.live_workers(queue.settings.stale_after_s)

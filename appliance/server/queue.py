@@ -19,6 +19,7 @@ from huey import Huey, RedisHuey, SqliteHuey
 
 from appliance.server.isolation import JobIdentity, job_uids, kill_processes_of
 from appliance.server.jobdir import JobDir
+from appliance.server.resources import host_gpus
 from appliance.server.runner import JobRun
 from appliance.server.settings import Settings
 from appliance.server.store import (
@@ -74,6 +75,14 @@ class JobQueue:
         self._task = self.huey.task(name=TASK_NAME)(self.run_job)
         self._running = 0
         self._running_lock = threading.Lock()
+        self._gpus: int | None = None
+
+    @property
+    def gpus(self) -> int:
+        """The GPUs of this worker's host, counted once (only workers ask)."""
+        if self._gpus is None:
+            self._gpus = host_gpus()
+        return self._gpus
 
     def job_dir(self, job_id: str) -> JobDir:
         return JobDir.of(self.settings, job_id)
@@ -156,7 +165,7 @@ class JobQueue:
         version = self.version
         with self._running_lock:
             running = self._running
-        self.store.worker_beat(worker_id(), socket.gethostname(), version, running)
+        self.store.worker_beat(worker_id(), socket.gethostname(), version, running, gpus=self.gpus)
         reaped = self.reap_stale()
         if reaped:
             log.warning("failed the jobs of silent workers: %s", reaped)
@@ -196,6 +205,13 @@ class JobQueue:
             log.error("job %s not taken: %s", job_id, refusal)
             self._task.schedule(args=(job_id,), delay=NO_IDENTITY_RETRY_S, id=job_id)
             return
+        if not self.gpus:
+            queued = self.store.get(job_id)
+            if queued is not None and queued.state == QUEUED and queued.resources.get("device") == "gpu":
+                # A worker with a GPU takes it (the API accepted it because one reported a GPU).
+                log.info("job %s not taken: it asks for a GPU and this host has none", job_id)
+                self._task.schedule(args=(job_id,), delay=NO_IDENTITY_RETRY_S, id=job_id)
+                return
         try:
             job = self.store.claim(job_id, worker_id(), job_uids(self.settings))
         except NoFreeIdentityError as err:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from appliance.server.settings import Settings
+from appliance.server.store import WorkerBeat
 from servicecore.errors import BadInputError
 
 # Memory in MiB; a bare number is MiB.
@@ -43,7 +46,7 @@ class Resources:
         if device not in ("cpu", "gpu"):
             raise BadInputError(f'device must be "cpu" or "gpu", got {device!r}')
         if device == "gpu" and not settings.gpu_jobs:
-            raise BadInputError('this server runs no GPU jobs: ask for "device": "cpu"')
+            raise BadInputError('this server runs no GPU jobs (gpu_jobs is off): ask for "device": "cpu"')
         for what, asked, limit, unit in (
             ("memory", memory, settings.max_memory_mb, " MiB"),
             ("cpus", cpus, settings.max_cpus, ""),
@@ -56,6 +59,28 @@ class Resources:
         return cls(
             memory_mb=math.ceil(memory), cpus=math.ceil(cpus), wall_time_s=math.ceil(wall), device=device
         )
+
+
+def require_gpu_worker(live: Iterable[WorkerBeat]) -> None:
+    """A GPU job is accepted only while a live worker reports a GPU: no worker would ever run it otherwise
+    (workers without one leave GPU jobs to the others, ``appliance.server.queue``)."""
+    if not any(worker.gpus > 0 for worker in live):
+        raise BadInputError(
+            'no live worker has a GPU (each reports the GPUs of its host): ask for "device": "cpu"'
+        )
+
+
+def host_gpus(dev: Path = Path("/dev"), environ: Mapping[str, str] = os.environ) -> int:
+    """The NVIDIA GPUs this host can give jobs: its ``/dev/nvidiaN`` devices, no more than
+    ``CUDA_VISIBLE_DEVICES`` lists when it is set (empty or -1: none). Cheap, no CUDA library loaded."""
+    devices = sum(1 for path in dev.glob("nvidia*") if path.name[len("nvidia") :].isdigit())
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return devices
+    listed = [item for item in visible.split(",") if item.strip()]
+    if not listed or listed[0].strip() == "-1":
+        return 0
+    return min(devices, len(listed))
 
 
 def _quantity(value: Any, units: Mapping[str, float], what: str, default: float) -> float:

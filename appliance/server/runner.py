@@ -81,7 +81,9 @@ class JobRun:
         ]  # fmt: skip
         r = self.resources
         limits = [
-            "prlimit", f"--as={r.memory_mb * 1024 * 1024}", f"--cpu={r.cpus * r.wall_time_s + 60}",
+            # CUDA reserves far more address space than it uses: a GPU job's memory is its data segment.
+            "prlimit", f"--{'data' if r.device == 'gpu' else 'as'}={r.memory_mb * 1024 * 1024}",
+            f"--cpu={r.cpus * r.wall_time_s + 60}",
             # No file the job writes (its log included) may outgrow the largest bundle it may make.
             f"--fsize={self.settings.max_bundle_bytes}", "--",
             "taskset", "--cpu-list", _cpu_list(r.cpus),

@@ -81,7 +81,9 @@ class Settings(settings.LoadableSettings):
     max_cpus: int = _setting(2, "most CPU cores a request may ask for")
     default_wall_time_s: int = _setting(6 * 3600, "wall-time limit of a job that asks for none")
     max_wall_time_s: int = _setting(48 * 3600, "longest wall time a request may ask for")
-    gpu_jobs: bool = _setting(False, 'whether requests may ask for "device": "gpu"')
+    gpu_jobs: bool = _setting(
+        True, 'whether requests may ask for "device": "gpu" (taken while a live worker reports a GPU)'
+    )
     kill_grace_s: float = _setting(10.0, "seconds between SIGTERM and SIGKILL when a job is stopped")
     heartbeat_s: float = _setting(5.0, "how often a worker marks its running jobs alive")
     stale_after_s: float = _setting(120.0, "a running job whose worker is silent this long is marked failed")

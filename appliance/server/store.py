@@ -98,6 +98,7 @@ class WorkerBeat:
     heartbeat: float
     version: str
     running: int
+    gpus: int = 0
 
 
 # The tables as the code reads them; the migrations create them (and must agree: tests/server/test_store.py).
@@ -131,6 +132,7 @@ workers = sa.Table(
     sa.Column("heartbeat", sa.Float, nullable=False),
     sa.Column("version", sa.Text, nullable=False, server_default=""),
     sa.Column("running", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("gpus", sa.Integer, nullable=False, server_default="0"),
 )
 model_versions = sa.Table(
     "model_versions",
@@ -374,19 +376,26 @@ class JobStore:
 
     # -- workers -------------------------------------------------------------------------------------------
 
-    def worker_beat(self, worker: str, host: str, version: str, running: int) -> None:
-        """A worker says it is alive (an insert the first time, an update after)."""
+    def worker_beat(self, worker: str, host: str, version: str, running: int, gpus: int = 0) -> None:
+        """A worker says it is alive, with the GPUs it can give jobs (an insert the first time, an update
+        after)."""
         stamp = now()
         with self._transaction() as db:
             updated = db.execute(
                 workers.update()
                 .where(workers.c.id == worker)
-                .values(heartbeat=stamp, version=version, running=running)
+                .values(heartbeat=stamp, version=version, running=running, gpus=gpus)
             ).rowcount
             if not updated:
                 db.execute(
                     workers.insert().values(
-                        id=worker, host=host, started=stamp, heartbeat=stamp, version=version, running=running
+                        id=worker,
+                        host=host,
+                        started=stamp,
+                        heartbeat=stamp,
+                        version=version,
+                        running=running,
+                        gpus=gpus,
                     )
                 )
 

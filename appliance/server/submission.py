@@ -33,7 +33,7 @@ from appliance.server.jobdir import INCOMING, PRIVATE_MODE, JobDir
 from appliance.server.network import parse_endpoints
 from appliance.server.openapi import RequestBody
 from appliance.server.queue import new_job_id
-from appliance.server.resources import Resources
+from appliance.server.resources import Resources, require_gpu_worker
 from appliance.server.store import QUEUED, Job
 from appliance.training.warm_start import InitModel, check_workflow, read_init_model
 from servicecore.errors import BadInputError, ForbiddenError, InsufficientStorageError, PayloadTooLargeError
@@ -104,6 +104,8 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     if not isinstance(name, str):
         raise BadInputError(f"name must be a string, got {name!r}")
     resources = Resources.from_request(body, config)
+    if resources.device == "gpu":
+        require_gpu_worker(queue.store.live_workers(config.stale_after_s))
     init = _init_model(owner, body.get("init_model"), config.model_repository)
     if init is not None:
         if body.get("name") and model_name(owner, name) != init.name:
