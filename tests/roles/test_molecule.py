@@ -34,23 +34,7 @@ SCENARIOS = {
 }
 
 
-# Debian 13 converges and is idempotent, but its verify fails: jobs cannot drop to their uid under the worker
-# unit there (setpriv: setresuid EPERM with systemd 257; setpriv itself works as root in the same root
-# filesystem). Not claimed in meta/main.yml until it passes; run it by hand with `molecule test -s debian13`.
-NOT_YET_PASSING = {
-    "debian13": "Debian 13: jobs cannot switch to their uid under the worker unit (docs/deployment.md)"
-}
-
-
-@pytest.mark.parametrize(
-    "scenario",
-    [
-        pytest.param(name, marks=pytest.mark.skip(reason=NOT_YET_PASSING[name]))
-        if name in NOT_YET_PASSING
-        else name
-        for name in sorted(SCENARIOS)
-    ],
-)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_molecule_scenario_passes(scenario):
     missing = [
         tool for tool in ("debootstrap", "systemd-nspawn", "nsenter", "ssh") if shutil.which(tool) is None
