@@ -50,6 +50,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "--task-entries", type=int, default=500_000, help="entries per task (big files split)"
     )
     parser.add_argument("--step", type=int, default=50_000, help="entries read at a time within a task")
+    parser.add_argument(
+        "--progress-file", help="append one JSON line per progress event here (the job worker follows it)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

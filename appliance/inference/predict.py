@@ -85,7 +85,7 @@ def run_predict(
         n_outputs = int(client.submit(model_outputs, str(bundle.path), pure=False).result())
         score_names = bundle.score_names(n_outputs)
         total = sum(check.entries for check in checks)
-        report({"stage": "predict", "files": len(files), "events": total, "done": 0})
+        report({"stage": "predict", "files": len(files), "events": total, "done": 0, "events_read": 0})
         with destination.staging() as staging:
             results, done = [], 0
             jobs = [
@@ -100,7 +100,15 @@ def run_predict(
                     staging / name, check.entries, score_names, scored.take(n_ranges)
                 )
                 done += written["entries"]
-                report({"stage": "predict", "files": len(files), "events": total, "done": done})
+                report(
+                    {
+                        "stage": "predict",
+                        "files": len(files),
+                        "events": total,
+                        "done": done,
+                        "events_read": done,
+                    }
+                )
                 results.append({"input": check.url, "friend": name, **written})
             summary = {
                 "model": bundle.name,
@@ -225,21 +233,51 @@ def dask_client(options: PredictOptions) -> Iterator[Any]:
 
 
 def predict_from_cli(args: Any) -> dict[str, Any]:
-    """``mlaas4hep predict``: the arguments of appliance.cli turned into one :func:`run_predict` call."""
+    """``mlaas4hep predict``: the arguments of appliance.cli turned into one :func:`run_predict` call.
+
+    ``--progress-file`` gets one JSON line per progress event, and a ``failed`` event naming the culprit of
+    bad input (the job worker follows it, as for training). SIGTERM (a cancelled or timed-out job) becomes
+    KeyboardInterrupt, so that the staging directory is removed and no partial friend tree is left.
+    """
+    import json
+    import signal
+    import threading
+
     from appliance.data.workflow import read_files_list
     from appliance.inference.bundle import resolve_bundle
 
-    files = read_files_list(args.files, args.redirector or "")
-    bundle = resolve_bundle(args.model, args.models_dir, args.bundle)
-    options = PredictOptions(
-        scheduler=args.scheduler,
-        workers=args.workers,
-        task_entries=args.task_entries,
-        step=args.step,
-        tree=args.tree,
-        processes=args.processes,
-    )
-    summary = run_predict(files, bundle, args.fout, options)
+    progress_path = getattr(args, "progress_file", None)
+    progress_file = Path(progress_path).open("a", buffering=1) if progress_path else None  # noqa: SIM115
+
+    def report(event: dict[str, Any]) -> None:
+        if progress_file is not None:
+            progress_file.write(json.dumps({**event, "time": event.get("time", time.time())}) + "\n")
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+    try:
+        files = read_files_list(args.files, args.redirector or "")
+        bundle = resolve_bundle(args.model, args.models_dir, args.bundle)
+        options = PredictOptions(
+            scheduler=args.scheduler,
+            workers=args.workers,
+            task_entries=args.task_entries,
+            step=args.step,
+            tree=args.tree,
+            processes=args.processes,
+        )
+        summary = run_predict(files, bundle, args.fout, options, progress=report)
+    except BadInputError as err:
+        report({"stage": "failed", "error": str(err)})
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if progress_file is not None:
+            progress_file.close()
     return {
         key: summary[key] for key in ("model", "version", "output", "events", "passed", "events_per_s")
     } | {"files": len(summary["files"])}

@@ -60,10 +60,14 @@ def job_view(job: Job, progress: bool = True) -> dict[str, Any]:
     """A job as its owner sees it: the record, its progress and the links to what it made."""
     view = job.to_json()
     view.pop("owner")
+    view["kind"] = job.request.get("kind") or "train"
     if progress:
         view["progress"] = read_progress(job_dir(job))
     links = {"self": f"/jobs/{job.id}", "logs": f"/jobs/{job.id}/logs"}
-    if job.state == SUCCEEDED:
+    if view["kind"] == "predict":
+        if job.state == SUCCEEDED and not job.request.get("fout"):
+            links["friends"] = f"/jobs/{job.id}/friends"
+    elif job.state == SUCCEEDED:
         links["model"] = f"/jobs/{job.id}/model"
         links.update({f"plot_{name}": f"/jobs/{job.id}/plots/{name}.png" for name in PLOTS})
     view["links"] = links
@@ -74,5 +78,6 @@ def job_view(job: Job, progress: bool = True) -> dict[str, Any]:
 def require_success(job: Job) -> None:
     if job.state != SUCCEEDED:
         raise ConflictError(
-            f"job {job.id} is {job.state}: its model and plots exist only once it has succeeded"
+            f"job {job.id} is {job.state}: what it makes (model, plots, friend trees) exists only once it "
+            "has succeeded"
         )

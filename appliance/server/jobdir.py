@@ -6,12 +6,15 @@
     DATA_DIR/uploads/<owner>/<id>/        extracted uploads (never readable by jobs)
     DATA_DIR/jobs/<id>/                   one job; 0700 to its owner, the server, except while it runs:
         inputs/                           its workflow files and upload (the job reads them, never writes),
-                                          init_model/ (a warm start's bundle, the worker's copy)
+                                          init_model/ (a warm start's bundle, the worker's copy),
+                                          bundle/ (a predict job's model bundle, the worker's copy)
         work/                             the job's output directory, the only place the job may write:
             bundle/ progress.jsonl specs.json  (its HOME and TMPDIR too)
+            friends/                      a predict job's friend trees and predict.json
         job.log  result.json              the worker's log (and the job's stderr), the job's stdout
         bundle/                           the bundle as the worker checked and copied it out of work/
         model.tar.gz  plots/              downloads, made by the worker from the checked bundle
+        friends/  friends.tar.gz          a predict job's checked friend trees, and their download
     DATA_DIR/models/                      the model repository (TFaaS's), written by the worker only
 
 While a job runs, its directory's group is the job's own gid (mode 0750), so the job, and no other job,
@@ -90,6 +93,11 @@ class JobDir:
         """A warm start's model bundle, copied here from the repository by the worker (never by the job)."""
         return self.inputs / "init_model"
 
+    @property
+    def model_bundle(self) -> Path:
+        """A predict job's model bundle: staged by the worker, so the job never reads the repository."""
+        return self.inputs / "bundle"
+
     def model_file(self, name: str) -> Path:
         """The job's model, ``model.py`` or ``model.json``."""
         if name not in ("model.py", "model.json"):
@@ -113,6 +121,13 @@ class JobDir:
     @property
     def progress(self) -> Path:
         return self.work / self.PROGRESS
+
+    WORK_FRIENDS = "friends"
+
+    @property
+    def work_friends(self) -> Path:
+        """Where a predict job writes its friend trees when they go to its download."""
+        return self.work / self.WORK_FRIENDS
 
     @property
     def specs(self) -> Path:
@@ -144,6 +159,15 @@ class JobDir:
     @property
     def model_archive(self) -> Path:
         return self.root / "model.tar.gz"
+
+    @property
+    def friends(self) -> Path:
+        """The checked copy of a predict job's friend trees (and its predict.json)."""
+        return self.root / "friends"
+
+    @property
+    def friends_archive(self) -> Path:
+        return self.root / "friends.tar.gz"
 
     @property
     def plots(self) -> Path:

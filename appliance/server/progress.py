@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ PROGRESS_KEYS = (
     "val_loss",
     "events",
     "features",
+    "files",
+    "done",
     "time",
 )
 WORKER_LINE = "[mlaas4hep "
@@ -83,5 +86,5 @@ def last_error(job: JobDir) -> str:
         text = read_confined(job.root, job.log.name, max_bytes=1 << 20, tail=True).decode(errors="replace")
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith(WORKER_LINE)]
         if lines:
-            return lines[-1].removeprefix("mlaas4hep train: error: ")
+            return re.sub(r"^mlaas4hep (train|predict): error: ", "", lines[-1])
     return "no message; see the logs"

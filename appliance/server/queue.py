@@ -19,6 +19,7 @@ from huey import Huey, RedisHuey, SqliteHuey
 
 from appliance.server.isolation import JobIdentity, job_uids, kill_processes_of
 from appliance.server.jobdir import JobDir
+from appliance.server.predict_worker import is_predict
 from appliance.server.resources import host_gpus
 from appliance.server.runner import JobRun
 from appliance.server.settings import Settings
@@ -232,7 +233,9 @@ class JobQueue:
         finally:
             with self._running_lock:
                 self._running -= 1
-        if state == SUCCEEDED and result is not None and self.settings.replica_urls:
+        # A predict job makes friend trees, not a model: nothing goes to the TFaaS replicas.
+        delivers = state == SUCCEEDED and result is not None and not is_predict(job.request)
+        if delivers and self.settings.replica_urls:
             result = self._queue_deliveries(job, result)
         self.store.finish(job_id, state, error=error, result=result, only_from=(RUNNING,))
         log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")

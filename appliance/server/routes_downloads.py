@@ -123,6 +123,25 @@ def blueprint() -> flask.Blueprint:
     def prototype_model() -> Response:
         return _model(own_job(prototype_job_id()))
 
+    @bp.get("/jobs/<job_id>/friends")
+    @operation(
+        "a predict job's friend trees and predict.json (tar.gz)",
+        {200: {"description": "the friend trees", "content": {"application/gzip": {}}}},
+        errors=(404, 409),
+        parameters=[JOB_ID],
+    )
+    def job_friends(job_id: str) -> Response:
+        job = own_job(job_id)
+        require_success(job)
+        path = job_dir(job).friends_archive
+        if not path.is_file():
+            raise NotFoundError(
+                f"job {job.id} has no friend trees to download (not a predict job, or they went to its fout)"
+            )
+        return flask.send_file(
+            path, mimetype="application/gzip", as_attachment=True, download_name=f"{job.id}-friends.tar.gz"
+        )
+
     @bp.get("/jobs/<job_id>/plots/<name>.png")
     @operation(
         "the ROC or loss plot",

@@ -25,6 +25,7 @@ JOB_SCHEMA = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["train", "predict"]},
         "name": {"type": "string"},
         "model_name": {"type": "string"},
         "state": {"type": "string", "enum": list(STATES)},
@@ -36,7 +37,8 @@ JOB_SCHEMA = {
         "result": {
             "type": "object",
             "nullable": True,
-            "description": "bundle, published, version, metrics",
+            "description": "train: bundle, published, version, metrics; predict: name, version, output, "
+            "events, passed, branches, files",
         },
         "progress": {
             "type": "object",
@@ -62,9 +64,9 @@ def blueprint() -> flask.Blueprint:
 
     @bp.post("/jobs")
     @operation(
-        "submit a workflow",
+        "submit a workflow: a training, or a predict job (kind predict) on a model of yours",
         {201: JOB_ANSWER},
-        errors=(400, 413, 415, 507),
+        errors=(400, 404, 413, 415, 507),
         body=WORKFLOW,
     )
     def create_job() -> Response:

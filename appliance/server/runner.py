@@ -1,6 +1,8 @@
-"""One execution of a job: the sandboxed training subprocess, its limits, cancel checks and outcome.
+"""One execution of a job: the sandboxed training (or predict) subprocess, its limits, cancel checks, outcome.
 
-The job runs ``python -m appliance train ...`` as an argv list (never a shell) in its own directory::
+The job runs ``python -m appliance train ...`` (a predict job: ``python -m appliance predict ...`` over the
+bundle the worker staged, ``appliance.server.predict_worker``) as an argv list (never a shell) in its own
+directory::
 
     prlimit --as=MEMORY --cpu=CPUS*WALL --fsize=MAX_BUNDLE -- taskset --cpu-list CORES
         setpriv --pdeathsig KILL [--reuid U --regid U --clear-groups] -- python -m appliance train ...
@@ -15,7 +17,7 @@ match. Wall time is enforced by the worker's own timer (SIGTERM to the job's pro
 not used. A root worker starts the job in its own network namespace (``appliance.server.network``).
 
 The job writes only ``work/``; it never gets ``--publish``. When it succeeds the worker checks its bundle
-and publishes it (``appliance.server.publisher``).
+and publishes it (``appliance.server.publisher``), or checks and archives its friend trees.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from appliance.server.isolation import JobIdentity, close_job_dir, kill_processes_of, open_job_dir
 from appliance.server.jobdir import JobDir
 from appliance.server.network import JobNetwork, parse_endpoints
+from appliance.server.predict_worker import collect_friends, is_predict, predict_result, stdout_summary
 from appliance.server.progress import last_error
 from appliance.server.publisher import BundleRefused, BundleRules, checked_copy, deliver
 from appliance.server.resources import Resources
@@ -65,6 +68,17 @@ class JobRun:
     def argv(self) -> list[str]:
         d = self.directory
         request = self.job.request
+        if is_predict(request):
+            command = [
+                self.settings.python or sys.executable, "-m", "appliance", "predict",
+                "--files", str(d.files_list),
+                "--bundle", str(d.model_bundle),
+                "--fout", request.get("fout") or str(d.work_friends),
+                # The local Dask cluster's worker threads: as many as the cores the job was given.
+                "--workers", str(self.resources.cpus),
+                "--progress-file", str(d.progress),
+            ]  # fmt: skip
+            return self._limited(command)
         train = [
             self.settings.python or sys.executable, "-m", "appliance", "train",
             "--files", str(d.files_list),
@@ -79,6 +93,9 @@ class JobRun:
             "--quiet",
             *(["--init-model", str(d.init_model)] if request.get("init_model") else []),
         ]  # fmt: skip
+        return self._limited(train)
+
+    def _limited(self, command: list[str]) -> list[str]:
         r = self.resources
         limits = [
             # CUDA reserves far more address space than it uses: a GPU job's memory is its data segment.
@@ -94,7 +111,7 @@ class JobRun:
         if self.identity is not None:
             uid, gid = str(self.identity.uid), str(self.identity.gid)
             launcher += ["--reuid", uid, "--regid", gid, "--clear-groups"]
-        return [*limits, *launcher, "--", *train]
+        return [*limits, *launcher, "--", *command]
 
     def environment(self) -> dict[str, str]:
         threads = str(self.resources.cpus)
@@ -127,7 +144,7 @@ class JobRun:
 
     def run(self) -> Outcome:
         d = self.directory
-        problem = self._stage_init_model()
+        problem = self._stage_model()
         if problem is not None:
             with d.log.open("ab") as log_file:
                 log_file.write(_log_line(problem))
@@ -147,17 +164,25 @@ class JobRun:
         finally:
             close_job_dir(d, self.identity)
 
-    def _stage_init_model(self) -> str | None:
-        """A warm start's bundle, copied from the model repository into the job's inputs: the job reads its
-        inputs only, never the repository. Returns why it cannot be, or None."""
-        wanted = self.job.request.get("init_model")
-        if not wanted:
+    def _stage_model(self) -> str | None:
+        """The bundle a job reads (a warm start's init_model, a predict job's model), copied from the model
+        repository into the job's inputs: the job reads its inputs only, never the repository. Returns why
+        it cannot be, or None."""
+        request = self.job.request
+        if is_predict(request):
+            what, name, version = "model", str(request["model"]), int(request["version"])
+            target = self.directory.model_bundle
+        elif request.get("init_model"):
+            wanted = request["init_model"]
+            what, name, version = "init_model", str(wanted["name"]), int(wanted["version"])
+            target = self.directory.init_model
+        else:
             return None
-        name, version = str(wanted["name"]), int(wanted["version"])
         source = self.settings.model_repository / name / str(version)
+        if version == 1 and not source.is_dir():
+            source = source.parent  # an original-style bundle, without a version folder
         if not (source / "params.json").is_file():
-            return f"init_model {name}/{version} was deleted before the job started: submit it again"
-        target = self.directory.init_model
+            return f"{what} {name}/{version} was deleted before the job started: submit it again"
         shutil.rmtree(target, ignore_errors=True)
         copy_readable(source, target)
         return None
@@ -186,7 +211,7 @@ class JobRun:
             # Whatever the job left running in its session goes with it.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            log_file.write(_log_line(f"training exited with code {code}"))
+            log_file.write(_log_line(f"{self._what} exited with code {code}"))
         return code, stopped_for
 
     def _watch(self, process: subprocess.Popen) -> str | None:
@@ -219,7 +244,7 @@ class JobRun:
         if stopped_for is not None:
             return FAILED, stopped_for, None
         if code == 0:
-            return self._publish()
+            return self._friends() if is_predict(self.job.request) else self._publish()
         if code == EXIT_BAD_INPUT:
             return FAILED, f"bad input: {last_error(self.directory)}", None
         if code < 0:
@@ -229,8 +254,31 @@ class JobRun:
                 if -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT)
                 else ""
             )
-            return FAILED, f"training was killed by {name}{hint}; see the logs", None
-        return FAILED, f"training failed with exit code {code}: {last_error(self.directory)}", None
+            return FAILED, f"{self._what} was killed by {name}{hint}; see the logs", None
+        return FAILED, f"{self._what} failed with exit code {code}: {last_error(self.directory)}", None
+
+    @property
+    def _what(self) -> str:
+        return "predict" if is_predict(self.job.request) else "training"
+
+    def _friends(self) -> Outcome:
+        """A predict job's result: its friend trees checked and archived for download, or (written through
+        XRootD) the summary it printed."""
+        d = self.directory
+        request = self.job.request
+        if request.get("fout"):
+            return SUCCEEDED, None, predict_result(stdout_summary(d), request)
+        owner = self.identity.uid if self.identity is not None else os.geteuid()
+        try:
+            rules = BundleRules(self.job.model_name, owner, self.settings.max_bundle_bytes)
+            summary = collect_friends(d, rules)
+        except BundleRefused as err:
+            with d.log.open("ab") as log_file:
+                log_file.write(_log_line(f"friend trees refused: {err}"))
+            return FAILED, f"the job's friend trees were refused: {err}", None
+        with d.log.open("ab") as log_file:
+            log_file.write(_log_line("friend trees checked and archived"))
+        return SUCCEEDED, None, predict_result(summary, request)
 
     def _publish(self) -> Outcome:
         """Check the job's bundle, copy it out of ``work/`` and publish it (the worker does, not the job)."""

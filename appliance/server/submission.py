@@ -55,12 +55,22 @@ _QUANTITY = {"oneOf": [{"type": "string"}, {"type": "number"}]}
 WORKFLOW = RequestBody(
     name="Workflow",
     description="String values of files, labels, model, params and preproc name files of your upload; "
-    "otherwise files is a list of URLs, labels a list, params/preproc objects, model a JSON model.",
+    "otherwise files is a list of URLs, labels a list, params/preproc objects, model a JSON model. "
+    'A training needs labels; "kind": "predict" applies your model NAME[/VERSION] to the files instead '
+    "(fields kind, model, files, fout, upload and the resources; docs/server.md).",
     fields={
+        "kind": {"type": "string", "enum": ["train", "predict"], "description": "train (default) or predict"},
         "name": {"type": "string", "description": "model name; published as <owner>.<name>"},
         "files": {**_STRING_OR_LIST, "description": "ROOT file URLs or upload paths, or an uploaded list"},
         "labels": {"oneOf": [{"type": "string"}, {"type": "array", "items": {}}]},
-        "model": {**_NAME_OR_OBJECT, "description": "an uploaded model.py/.json, or a JSON model"},
+        "model": {
+            **_NAME_OR_OBJECT,
+            "description": "an uploaded model.py/.json, or a JSON model; predict: NAME[/VERSION] of yours",
+        },
+        "fout": {
+            "type": "string",
+            "description": "predict: a root:// directory for the friend trees (default: the job's download)",
+        },
         "params": _NAME_OR_OBJECT,
         "preproc": _NAME_OR_OBJECT,
         "upload": {"type": "string", "description": "an upload id (default: your latest upload)"},
@@ -75,7 +85,7 @@ WORKFLOW = RequestBody(
             "example": "higgs/3",
         },
     },
-    required=("files", "labels", "model"),
+    required=("files", "model"),
     other_types={
         "multipart/form-data": {
             "schema": {
@@ -90,6 +100,10 @@ WORKFLOW = RequestBody(
 
 def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) -> Job:
     """Validate a workflow request, build its job directory and queue it."""
+    from appliance.server.predict_jobs import PREDICT, job_kind, submit_predict
+
+    if job_kind(body) == PREDICT:
+        return submit_predict(owner, body, source)
     queue = job_queue()
     config = queue.settings
     unknown = sorted(set(body) - WORKFLOW.keys)
@@ -97,9 +111,11 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
         raise BadInputError(
             f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(WORKFLOW.keys))}"
         )
-    missing = [key for key in WORKFLOW.required if body.get(key) in (None, "", [], {})]
+    missing = [key for key in ("files", "labels", "model") if body.get(key) in (None, "", [], {})]
     if missing:
         raise BadInputError(f"missing field(s) {', '.join(missing)}")
+    if body.get("fout") not in (None, ""):
+        raise BadInputError("fout is where a predict job writes its friend trees: a training takes none")
     name = body.get("name") or "model"
     if not isinstance(name, str):
         raise BadInputError(f"name must be a string, got {name!r}")
