@@ -7,8 +7,11 @@ the two OAuth2 flows are cached (``~/.cache/mlaas4hep-client/tokens.json``, mode
 
     mlaas4hep-client token                      print a token, e.g. for curl
     mlaas4hep-client submit workflow.json       upload the local files it names, then submit [--follow]
+    mlaas4hep-client submit --kind predict p.json   apply a model of yours to files: {"model": "NAME[/V]",
+                                                "files": ..., "fout": optional root:// directory}
     mlaas4hep-client follow JOB [--logs]        its progress until it ends (exit 1 unless it succeeded)
-    mlaas4hep-client download JOB [-o DIR]      the trained bundle (tar.gz) and its plots
+    mlaas4hep-client download JOB [-o DIR]      the trained bundle (tar.gz) and its plots; a predict job's
+                                                friend trees (JOB-friends.tar.gz)
     mlaas4hep-client jobs [--state S] | cancel JOB
     mlaas4hep-client predict MODEL rows.csv     predictions from TFaaS (JSON or CSV rows)
     mlaas4hep-client models list | delete NAME
@@ -79,7 +82,7 @@ def _exit_status(job: Mapping[str, Any]) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, tokens: TokenSource) -> int:
-    prepared = prepare_workflow(Path(args.workflow))
+    prepared = prepare_workflow(Path(args.workflow), kind=args.kind)
     if args.name:
         prepared.body["name"] = args.name
     api = _server(tokens)
@@ -154,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="upload a workflow's local files and submit it")
     submit.add_argument("workflow", help="JSON workflow (docs/server.md); local files it names are uploaded")
     submit.add_argument("--name", help="the model's name (overrides the workflow's)")
+    submit.add_argument(
+        "--kind",
+        choices=["train", "predict"],
+        help="train a model (the default), or predict: apply your model NAME[/VERSION] to the files and "
+        "write friend trees (overrides the workflow's kind)",
+    )
     submit.add_argument("--follow", action="store_true", help="then follow the job until it ends")
     follow = commands.add_parser(
         "follow", help="print a job's progress until it ends; exit 1 unless it succeeded"
@@ -165,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(run=cmd_submit)
     follow.set_defaults(run=cmd_follow)
 
-    download = commands.add_parser("download", help="a succeeded job's bundle (tar.gz) and plots")
+    download = commands.add_parser(
+        "download", help="a succeeded job's bundle (tar.gz) and plots, or a predict job's friend trees"
+    )
     download.add_argument("job")
     download.add_argument("-o", "--output", default=".", help="folder to write into (default: here)")
     download.add_argument("--no-plots", action="store_true")

@@ -34,8 +34,11 @@ class PreparedWorkflow:
     archive: dict[str, Path]  # name in the upload -> local file
 
 
-def prepare_workflow(path: Path) -> PreparedWorkflow:
+def prepare_workflow(path: Path, kind: str | None = None) -> PreparedWorkflow:
     """Read a workflow JSON (the body of ``POST /jobs``; docs/server.md) and find the local files it names.
+
+    ``kind`` (``train`` or ``predict``) overrides the workflow's; a predict job's ``model`` names a model in
+    the repository, never a local file.
 
     A string value of ``files``, ``labels``, ``model``, ``params`` or ``preproc`` that names an existing file
     (relative to the workflow's folder) is uploaded; so is each entry of ``files`` (a list, or a local list
@@ -50,6 +53,8 @@ def prepare_workflow(path: Path) -> PreparedWorkflow:
         raise ClientError(f"the workflow {str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise ClientError(f"the workflow {str(path)!r} must hold a JSON object")
+    if kind is not None:
+        body["kind"] = kind
     base = path.resolve().parent
     archive: dict[str, Path] = {}
 
@@ -67,6 +72,8 @@ def prepare_workflow(path: Path) -> PreparedWorkflow:
     if isinstance(files, list):
         body["files"] = [upload(entry) if isinstance(entry, str) else entry for entry in files]
     for key in FILE_KEYS[1:]:
+        if key == "model" and body.get("kind") == "predict":
+            continue
         if isinstance(body.get(key), str):
             body[key] = upload(body[key])
     return PreparedWorkflow(body, archive)
@@ -161,11 +168,19 @@ def follow_job(
 
 
 def download_results(api: Api, job_id: str, folder: Path, plots: bool = True) -> list[Path]:
-    """The job's bundle as ``<model name>.tar.gz`` and its plots, written whole or not at all."""
+    """The job's bundle as ``<model name>.tar.gz`` and its plots, written whole or not at all; a predict
+    job's friend trees as ``<job>-friends.tar.gz``."""
     job = api.json("GET", f"/jobs/{job_id}")
     if job.get("state") != SUCCEEDED:
-        raise ClientError(f"job {job_id} is {job.get('state')}: only a succeeded job has a model to download")
+        raise ClientError(f"job {job_id} is {job.get('state')}: only a succeeded job has results to download")
     folder.mkdir(parents=True, exist_ok=True)
+    if job.get("kind") == "predict":
+        if "friends" not in (job.get("links") or {}):
+            output = (job.get("result") or {}).get("output")
+            raise ClientError(f"job {job_id} wrote its friend trees to {output}: nothing to download")
+        return [
+            _download(api, f"/jobs/{job_id}/friends", folder / f"{_safe_file_name(job_id)}-friends.tar.gz")
+        ]
     name = _safe_file_name(str(job.get("model_name") or job_id))
     written = [_download(api, f"/jobs/{job_id}/model", folder / f"{name}.tar.gz")]
     if plots:

@@ -164,3 +164,52 @@ def test_predict_jobs_through_the_api_worker_and_xrootd_proxy(data_dir, tmp_path
         assert "MET_sumEt" in failed["error"]
         assert not (outputs / "run2").exists() or not any((outputs / "run2").iterdir())
         assert not (data_dir / "jobs" / broken["id"] / "friends").exists()
+
+
+@pytest.mark.slow
+def test_the_client_submits_a_predict_job_and_downloads_its_friend_trees(trained, xrootd, tmp_path, capsys):  # noqa: F811
+    from mlaas4hep_client import cli as client
+    from tests.auth.cases import ALICE as ALICE_USER
+    from tests.auth.cases import AUDIENCE
+    from tests.auth.idp import IdentityProvider
+    from tests.auth.mlaas_server import data_directory, mlaas_api
+
+    remote = xrootd.proxy_url(
+        xrootd.add_file(trained.inputs["rntuple"]["background"], "predictclient/background.root")
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(trained.inputs["ttree"]["signal"], work / "signal.root")
+    (work / "files.txt").write_text(f"signal.root\n{remote}\n")
+    (work / "ttbar").write_text("a local file named like the model is not uploaded for a predict job")
+    (work / "predict.json").write_text(json.dumps({"model": "ttbar", "files": "files.txt"}))
+    with IdentityProvider.running() as idp, data_directory() as data_dir, \
+            mlaas_api(data_dir, idp, workers=1) as url, \
+            worker_process(data_dir, tmp_path / "worker.log", remote):  # fmt: skip
+        publish_for_alice(trained, data_dir)
+        token = idp.mint(ALICE_USER, AUDIENCE)
+        argv = ["--server", url, "--token", token]
+        code = client.main(
+            [
+                *argv,
+                "submit",
+                "--kind",
+                "predict",
+                str(work / "predict.json"),
+                "--follow",
+                "--interval",
+                "0.5",
+            ]
+        )
+        captured = capsys.readouterr()
+        assert code == 0, captured.err + (tmp_path / "worker.log").read_text()[-3000:]
+        job = json.loads(captured.out)
+        assert job["kind"] == "predict" and f"{job['id']} succeeded" in captured.err
+        assert client.main([*argv, "download", job["id"], "-o", str(tmp_path / "out")]) == 0
+    written = Path(capsys.readouterr().out.strip())
+    assert written.name == f"{job['id']}-friends.tar.gz"
+    extract_archive(written.read_bytes(), tmp_path / "friends")
+    with uproot.open(tmp_path / "friends" / "friends" / "background_scores.root") as handle:
+        assert handle["scores"].num_entries == 5000
+    with uproot.open(tmp_path / "friends" / "friends" / "signal_scores.root") as handle:
+        assert handle["scores"].num_entries == 3000

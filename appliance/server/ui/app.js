@@ -61,7 +61,8 @@ function progressText(job) {
   const parts = [];
   if (p.stage) parts.push(p.stage);
   if (p.epochs) parts.push(`epoch ${p.epoch ?? 0}/${p.epochs}`);
-  if (p.events_read) parts.push(`${p.events_read} events`);
+  if (p.events_read && p.done !== undefined && p.events) parts.push(`${p.done}/${p.events} events scored`);
+  else if (p.events_read) parts.push(`${p.events_read} events`);
   if (p.loss !== undefined) parts.push(`loss ${Number(p.loss).toFixed(4)}`);
   return parts.join(" · ");
 }
@@ -74,7 +75,8 @@ async function refreshJobs() {
       const row = document.createElement("tr");
       row.dataset.job = job.id;
       row.className = job.id === state.selected ? "selected" : "";
-      row.append(cell(job.id.slice(0, 8), "mono"), cell(job.model_name), cell(job.state, `state ${job.state}`),
+      row.append(cell(job.id.slice(0, 8), "mono"), cell(job.kind || "train", "kind"), cell(job.model_name),
+                 cell(job.state, `state ${job.state}`),
                  cell(job.id === state.selected ? progressText(state.detail || {}) : ""), cell(when(job.created)));
       const open = document.createElement("td");
       const button = document.createElement("button");
@@ -130,13 +132,18 @@ async function refreshDetail() {
   $("detail-id").textContent = job.id;
   $("detail-state").textContent = job.state;
   $("detail-state").className = `state ${job.state}`;
-  const facts = [["model", job.model_name], ["progress", progressText(job)], ["created", when(job.created)],
+  const predict = job.kind === "predict";
+  const facts = [["kind", job.kind || "train"], ["model", job.model_name], ["progress", progressText(job)],
+                 ["created", when(job.created)],
                  ["started", when(job.started)], ["finished", when(job.finished)],
                  ["expires", job.expires ? when(job.expires) : (FINISHED.has(job.state) ? "kept" : "")],
                  ["error", job.error]];
   const auc = job.result && job.result.metrics && job.result.metrics.auc;
   if (auc !== undefined) facts.push(["AUC", Number(auc).toFixed(4)]);
-  if (job.result && job.result.version !== undefined) facts.push(["published", `version ${job.result.version}`]);
+  if (predict && job.result) {
+    facts.push(["model version", job.result.version], ["friend trees", job.result.output],
+               ["events", `${job.result.events} (${job.result.passed} passed the cuts)`]);
+  } else if (job.result && job.result.version !== undefined) facts.push(["published", `version ${job.result.version}`]);
   $("detail-facts").replaceChildren(...facts.filter(([, v]) => v).flatMap(([k, v]) => {
     const dt = document.createElement("dt");
     dt.textContent = k;
@@ -147,8 +154,23 @@ async function refreshDetail() {
   $("cancel").hidden = FINISHED.has(job.state);
   $("delete").hidden = !FINISHED.has(job.state);
   await followLog(job);
-  if (job.state === "succeeded" && state.plotsOf !== job.id) {
+  if (predict && job.state === "succeeded" && job.links.friends && state.plotsOf !== job.id) {
     state.plotsOf = job.id;
+    const link = $("download-model");
+    link.textContent = "Download friend trees (.tar.gz)";
+    link.href = "#";
+    link.hidden = false;
+    link.onclick = async (event) => {
+      event.preventDefault();
+      const a = document.createElement("a");
+      a.href = await blobUrl(job.links.friends);
+      a.download = `${job.id}-friends.tar.gz`;
+      a.click();
+    };
+  }
+  if (!predict && job.state === "succeeded" && state.plotsOf !== job.id) {
+    state.plotsOf = job.id;
+    $("download-model").textContent = "Download model (.tar.gz)";
     try {
       $("plot-roc").src = await blobUrl(job.links.plot_roc);
       $("plot-loss").src = await blobUrl(job.links.plot_loss);
