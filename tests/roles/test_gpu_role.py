@@ -78,19 +78,24 @@ def host(root: Path, device: bool = False, vendors: tuple[str, ...] = ()) -> Pat
 
 
 @pytest.mark.parametrize(
-    ("choice", "device", "vendors", "expected"),
+    ("choice", "device", "vendors", "num_gpus", "expected"),
     [
-        ("auto", False, (), "False"),
-        ("auto", False, ("0x8086", "0x1af4"), "False"),
-        ("auto", True, (), "True"),  # the driver is loaded
-        ("auto", False, ("0x8086", "0x10de"), "True"),  # a fresh image: the card, no driver yet
-        (False, True, ("0x10de",), "False"),
-        (True, False, (), "True"),
+        ("auto", False, (), 0, "False"),
+        ("auto", False, ("0x8086", "0x1af4"), 0, "False"),
+        ("auto", True, (), 0, "True"),  # the driver is loaded
+        ("auto", False, ("0x8086", "0x10de"), 0, "True"),  # a fresh image: the card, no driver yet
+        ("auto", False, (), 1, "True"),  # TOSCA asked for a GPU flavour
+        (False, True, ("0x10de",), 1, "False"),
+        (True, False, (), 0, "True"),
     ],
 )
-def test_the_role_detects_an_nvidia_gpu(tmp_path, choice, device, vendors, expected):
+def test_the_role_detects_an_nvidia_gpu(tmp_path, choice, device, vendors, num_gpus, expected):
     root = host(tmp_path / "host", device, vendors)
-    variables = {"mlaas4hep_gpu": choice, "mlaas4hep_gpu_probe_root": str(root)}
+    variables = {
+        "mlaas4hep_gpu": choice,
+        "mlaas4hep_gpu_probe_root": str(root),
+        "mlaas4hep_num_gpus": num_gpus,
+    }
     got = run_tasks(tmp_path, "gpu.yml", variables, {"enabled": "mlaas4hep_gpu_enabled | bool"})
     assert got["enabled"] == expected
 
