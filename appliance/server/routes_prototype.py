@@ -59,7 +59,7 @@ def blueprint() -> flask.Blueprint:
     @operation(
         "submit a workflow (prototype call; name required)",
         {201: SUBMIT_ANSWER},
-        errors=(400, 413, 415, 507),
+        errors=(400, 404, 413, 415, 507),
         body=WORKFLOW,
     )
     def submit() -> Response:

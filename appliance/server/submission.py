@@ -36,7 +36,7 @@ from appliance.server.queue import new_job_id
 from appliance.server.resources import Resources, require_gpu_worker
 from appliance.server.store import QUEUED, Job
 from appliance.training.warm_start import InitModel, check_workflow, read_init_model
-from servicecore.errors import BadInputError, ForbiddenError, InsufficientStorageError, PayloadTooLargeError
+from servicecore.errors import BadInputError, InsufficientStorageError, NotFoundError, PayloadTooLargeError
 from servicecore.http import json_body
 from servicecore.naming import NAME, model_name, owner_namespace, owns, versions
 from servicecore.safetar import extract_archive
@@ -198,7 +198,9 @@ def _write_inputs(
 
 def _init_model(owner: str, value: Any, repository: Path) -> InitModel | None:
     """The caller's published model a warm start begins from: ``<name>[/<version>]``, the name in full
-    (``<owner namespace>.<name>``) or without the namespace; the newest version unless one is given."""
+    (``<owner namespace>.<name>``) or without the namespace; the newest version unless one is given. As for a
+    predict job's model (``predict_jobs.own_model``), another user's model is as unknown as a missing one
+    (404), so that nobody learns which names others use; any bundle kind may be started from."""
     if value in (None, ""):
         return None
     if not isinstance(value, str):
@@ -206,21 +208,16 @@ def _init_model(owner: str, value: Any, repository: Path) -> InitModel | None:
     text, _, version_text = value.strip().partition("/")
     if not NAME.match(text) or (version_text and not version_text.isdigit()):
         raise BadInputError(f"init_model {value!r} is not <name>[/<version>]")
-    if owns(owner, text):
-        name = text
-    elif (repository / model_name(owner, text)).is_dir() or "." not in text:
-        name = model_name(owner, text)
-    else:
-        raise ForbiddenError(
-            f"init_model {value!r} is not one of your models (yours are {owner_namespace(owner)}.*): "
-            "a job may start only from its owner's models"
-        )
+    name = text if owns(owner, text) else model_name(owner, text)
     present = versions(repository / name)
     if not present:
-        raise BadInputError(f"init_model {value!r}: you have no published model {name!r}")
+        raise NotFoundError(
+            f"init_model {value!r}: no model {name!r} of yours in the model repository "
+            f"(your models are named {owner_namespace(owner)}.<name>)"
+        )
     version = int(version_text) if version_text else present[-1]
     if version not in present:
-        raise BadInputError(
+        raise NotFoundError(
             f"init_model {value!r}: {name!r} has no version {version} (it has {', '.join(map(str, present))})"
         )
     init = read_init_model(repository / name / str(version))

@@ -58,15 +58,15 @@ def test_bad_init_models_are_refused_before_anything_is_queued(make_app, data_di
     client = make_app()
 
     missing = submit(client, workflow(remote_samples, init_model="nothing"))
-    assert_error(missing, 400, "init_model 'nothing'", "no published model 'alice.nothing'")
+    assert_error(missing, 404, "init_model 'nothing'", "no model 'alice.nothing' of yours")
     assert_error(
-        submit(client, workflow(remote_samples, init_model="narrow/7")), 400, "no version 7", "(it has 1)"
+        submit(client, workflow(remote_samples, init_model="narrow/7")), 404, "no version 7", "(it has 1)"
     )
     assert_error(submit(client, workflow(remote_samples, init_model="narrow/x")), 400, "<name>[/<version>]")
-    # Bob may not start from Alice's model (and is not told whether it exists).
+    # Bob cannot start from Alice's model, and is not told whether it exists: the same answer as for none.
     for name in ("alice.narrow", "alice.absent"):
         theirs = submit(client, workflow(remote_samples, init_model=name), headers=BOB)
-        assert_error(theirs, 403, f"init_model {name!r} is not one of your models", "bob.*")
+        assert_error(theirs, 404, f"init_model {name!r}: no model 'bob.{name}' of yours", "bob.<name>")
     # Alice's own model, with the new files' other branches: the culprits are named.
     other_spec = submit(client, workflow(remote_samples, init_model="narrow", name="narrow"))
     assert_error(other_spec, 400, "alice.narrow/1 has another feature spec", "MET_pt", "exclude_branches")
