@@ -24,9 +24,15 @@ from appliance.server.jobdir import PLOTS, JobDir
 from servicecore import atomic
 from servicecore.publishing import publish, staging_directory
 
-REQUIRED_FILES = ("saved_model.pb", "params.json", "labels.txt", "metrics.json")
-REQUIRED_DIRECTORIES = ("variables",)
-OPTIONAL_ENTRIES = ("assets", "fingerprint.pb", *(f"{plot}.png" for plot in PLOTS))
+REQUIRED_FILES = ("params.json", "labels.txt", "metrics.json")
+# What each kind of bundle holds beside them, by its params.json "model" (appliance.training.bundle): a
+# SavedModel, or a PyTorch or scikit-learn/XGBoost model as model.onnx with its framework's own files in
+# native/ (model.onnx is absent when it could not be converted: the bundle then says servable false).
+MODEL_ENTRIES = {
+    "saved_model.pb": {"files": ("saved_model.pb",), "directories": ("variables",)},
+    "model.onnx": {"files": (), "directories": ("native",)},
+}
+OPTIONAL_ENTRIES = ("assets", "fingerprint.pb", "model.onnx", *(f"{plot}.png" for plot in PLOTS))
 MAX_ENTRIES = 10_000
 MAX_DEPTH = 8
 MAX_JSON_BYTES = 16 << 20
@@ -61,10 +67,11 @@ def checked_copy(source: Path, destination: Path, rules: BundleRules) -> dict[st
             _check_entry(os.fstat(root), "bundle/", rules)
             counter = _Counter(rules.max_bytes)
             names = set(os.listdir(root))  # noqa: PTH208 - a directory descriptor
-            missing = [n for n in (*REQUIRED_FILES, *REQUIRED_DIRECTORIES) if n not in names]
+            missing = [n for n in REQUIRED_FILES if n not in names]
             if missing:
                 raise BundleRefused(f"the bundle lacks {', '.join(missing)}")
-            allowed = {*REQUIRED_FILES, *REQUIRED_DIRECTORIES, *OPTIONAL_ENTRIES}
+            allowed = {*REQUIRED_FILES, *OPTIONAL_ENTRIES}
+            allowed |= {n for entries in MODEL_ENTRIES.values() for kind in entries.values() for n in kind}
             unknown = sorted(names - allowed)
             if unknown:
                 raise BundleRefused(f"the bundle holds unexpected entries: {', '.join(unknown)}")
@@ -74,16 +81,28 @@ def checked_copy(source: Path, destination: Path, rules: BundleRules) -> dict[st
         for name in REQUIRED_FILES:
             if not (staging / name).is_file():
                 raise BundleRefused(f"the bundle's {name} is not a file")
-        for name in REQUIRED_DIRECTORIES:
-            if not (staging / name).is_dir():
-                raise BundleRefused(f"the bundle's {name} is not a directory")
         params = _json_object(staging / "params.json")
         if params.get("name") != rules.model_name:
             raise BundleRefused(
                 f"the bundle's params.json names the model {params.get('name')!r}, not {rules.model_name!r}"
             )
-        if params.get("model") != "saved_model.pb" or not isinstance(params.get("features"), dict):
+        entries = MODEL_ENTRIES.get(params.get("model"))  # type: ignore[arg-type]
+        if entries is None or not isinstance(params.get("features"), dict):
             raise BundleRefused("the bundle's params.json is not the training's (model or features missing)")
+        files = [
+            *entries["files"],
+            *(["model.onnx"] if params["model"] == "model.onnx" and params.get("servable", True) else []),
+        ]
+        lacking = [n for n in files if not (staging / n).is_file()]
+        lacking += [n for n in entries["directories"] if not (staging / n).is_dir()]
+        if lacking:
+            raise BundleRefused(f"the bundle lacks {', '.join(lacking)}")
+        strays = [n for n in ("saved_model.pb", "variables", "native") if (staging / n).exists()]
+        strays = [n for n in strays if n not in (*entries["files"], *entries["directories"])]
+        if strays:
+            raise BundleRefused(
+                f"the bundle holds {', '.join(strays)}, which a {params['model']} bundle has not"
+            )
         _json_object(staging / "metrics.json")
         shutil.rmtree(destination, ignore_errors=True)
         staging.rename(destination)

@@ -21,10 +21,12 @@ from tests.server.conftest import (
     api_process,
     follow_job,
     http_getter,
+    tar_gz,
     worker_process,
     workflow,
 )
 from tests.server.test_api import assert_error, submit
+from tests.training.test_frameworks import TORCH_MODEL
 
 pytestmark = pytest.mark.slow
 ALICE = {"X-Forwarded-User": "alice"}
@@ -126,3 +128,44 @@ def test_a_job_starts_from_a_published_model_and_improves_it_on_new_data(
     }
     assert metrics["init_model"]["start_max_abs_diff"] < 1e-5
     assert (data_dir / "models" / name / "1" / "saved_model.pb").is_file()  # the old version stays
+
+
+def test_a_pytorch_job_starts_from_the_state_dict_the_worker_published(
+    data_dir, tmp_path, remote_samples, xrootd, sample_files
+):
+    """An ONNX bundle goes through the worker's check too, and its native/state_dict.pt is what the next job
+    starts from (read by the job's uid from its own inputs)."""
+    twin = xrootd.proxy_url(xrootd.add_file(sample_files["background_twin"], "server/background_twin.root"))
+    options = {"training": {"loss": "bce_with_logits", "learning_rate": 0.002}}
+    with api_process(data_dir, tmp_path / "api.log") as url, \
+            worker_process(data_dir, tmp_path / "worker.log", *remote_samples.values()):  # fmt: skip
+        get = http_getter(url, "alice")
+        archive = tar_gz({"model.py": TORCH_MODEL.encode()})
+        upload = requests.post(f"{url}/upload", data=archive, headers=ALICE, timeout=60)
+        assert upload.status_code == 201, upload.text
+        body = workflow(remote_samples, name="torchy", model="model.py", params={**WEAK, **options})
+        first = requests.post(f"{url}/jobs", json=body, headers=ALICE, timeout=60)
+        assert first.status_code == 201, first.text
+        done = follow_job(get, first.json()["id"], FINISHED, 600)
+        assert done["state"] == "succeeded", done["error"]
+        assert done["result"]["version"] == 1
+
+        more = {**TINY_PARAMS, "epochs": 3, **options}
+        files = [remote_samples["signal"], twin]
+        body = workflow(
+            remote_samples, files=files, model="model.py", params=more, init_model="torchy", name=None
+        )
+        second = requests.post(f"{url}/jobs", json=body, headers=ALICE, timeout=60)
+        assert second.status_code == 201, second.text
+        done = follow_job(get, second.json()["id"], FINISHED, 600)
+        assert done["state"] == "succeeded", done["error"]
+        assert (done["model_name"], done["result"]["version"]) == ("alice.torchy", 2)
+        test = done["result"]["metrics"]
+        assert test["auc"] > max(test["init_model_auc"], 0.7)  # the weak first model may be below 0.5
+
+    published = data_dir / "models" / "alice.torchy" / "2"
+    assert (published / "model.onnx").is_file() and (published / "native" / "state_dict.pt").is_file()
+    metrics = json.loads((published / "metrics.json").read_text())
+    assert (
+        metrics["init_model"]["framework"] == "torch" and metrics["init_model"]["start_max_abs_diff"] < 1e-4
+    )
