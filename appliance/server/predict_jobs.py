@@ -16,6 +16,7 @@ branches the model's feature spec and cuts read. The job itself runs ``mlaas4hep
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -147,11 +148,9 @@ def _destination(value: Any) -> str | None:
     parsed = URL(value)
     if not parsed.is_valid() or not parsed.path.strip("/"):
         raise BadInputError(f"fout {value!r} is not a valid XRootD directory URL")
-    if settings.job_network == "isolated":
-        import os
-
-        if os.geteuid() == 0:
-            _check_reachable(value, parsed.hostname.strip("[]"), parsed.port, settings.job_network_allow)
+    # As for the inputs (submission._check_urls): a root API serves root workers, which isolate jobs.
+    if settings.job_network == "isolated" and os.geteuid() == 0:
+        _check_reachable(value, parsed.hostname.strip("[]"), parsed.port, settings.job_network_allow)
     return value.rstrip("/")
 
 

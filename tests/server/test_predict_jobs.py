@@ -19,6 +19,7 @@ from tests.inference.conftest import Trained, trained  # noqa: F401 - the sessio
 from tests.inference.test_predict import check_friends
 from tests.server.conftest import api_process, follow_job, http_getter, tar_gz, worker_process
 from tests.server.test_api import ALICE, BOB, assert_error, submit
+from tests.ui.test_browser import CHROMEDRIVER, CHROMIUM, browser, screenshot_dir  # noqa: F401 - fixture
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -89,6 +90,31 @@ def test_predict_submissions_are_checked(make_app, data_dir, trained, tmp_path):
     }
     assert store.get(pinned["id"]).request["version"] == 1
     assert_error(client.get(f"/jobs/{job['id']}/friends", headers=ALICE), 409, "queued")
+
+
+def test_remote_inputs_and_fout_are_checked(make_app, data_dir, trained, xrootd, tmp_path):  # noqa: F811
+    client = make_app()  # check_urls on, as deployed
+    publish_for_alice(trained, data_dir)
+    good = xrootd.proxy_url(xrootd.add_file(trained.inputs["rntuple"]["signal"], "predictcheck/signal.root"))
+    lacking = xrootd.proxy_url(
+        xrootd.add_file(lacking_file(tmp_path / "lacking.root"), "predictcheck/lacking.root")
+    )
+    body = {"kind": "predict", "model": "ttbar", "files": [good, lacking]}
+    refused = assert_error(submit(client, body), 400, "lacking.root", "MET_sumEt")
+    assert "signal.root" not in refused["error"]
+    assert_error(
+        submit(client, {**body, "files": [good.replace("signal", "nothing")]}), 400, "cannot read input"
+    )
+    taken = xrootd.data_dir / "predictcheck-out"
+    taken.mkdir()
+    (taken / "signal_scores.root").write_bytes(b"an earlier run")
+    destination = xrootd.proxy_url("predictcheck-out")
+    assert_error(
+        submit(client, {**body, "files": [good], "fout": destination}),
+        400,
+        "already holds signal_scores.root",
+    )
+    assert submit(client, {**body, "files": [good]}).status_code == 201
 
 
 @pytest.mark.slow
@@ -213,3 +239,53 @@ def test_the_client_submits_a_predict_job_and_downloads_its_friend_trees(trained
         assert handle["scores"].num_entries == 5000
     with uproot.open(tmp_path / "friends" / "friends" / "signal_scores.root") as handle:
         assert handle["scores"].num_entries == 3000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs chromium and its driver")
+def test_the_page_shows_a_predict_job_and_its_friend_trees(browser, trained, xrootd, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.auth.cases import ALICE as ALICE_USER
+    from tests.auth.cases import AUDIENCE
+    from tests.auth.idp import IdentityProvider
+    from tests.auth.mlaas_server import data_directory, mlaas_api
+
+    remote = xrootd.proxy_url(xrootd.add_file(trained.inputs["ttree"]["signal"], "predictpage/signal.root"))
+    with IdentityProvider.running() as idp, data_directory() as data_dir, \
+            mlaas_api(data_dir, idp, workers=1) as url, \
+            worker_process(data_dir, tmp_path / "worker.log", remote):  # fmt: skip
+        publish_for_alice(trained, data_dir)
+        token = idp.mint(ALICE_USER, AUDIENCE)
+        headers = {"Authorization": f"Bearer {token}"}
+        body = {"kind": "predict", "model": "ttbar", "files": [remote]}
+        job = requests.post(f"{url}/jobs", json=body, headers=headers, timeout=60).json()
+
+        browser.get(f"{url}/ui/#token={token}")
+        wait = WebDriverWait(browser, 30)
+        row = wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-job="{job["id"]}"]')))
+        assert row.find_element(By.CSS_SELECTOR, "td.kind").text == "predict"
+        assert [th.text.lower() for th in browser.find_elements(By.CSS_SELECTOR, "#jobs th")][:3] == [
+            "job",
+            "kind",
+            "model",
+        ]
+        row.find_element(By.CSS_SELECTOR, "button.open").click()
+        try:
+            WebDriverWait(browser, 300, poll_frequency=1).until(
+                seen.text_to_be_present_in_element((By.ID, "detail-state"), "succeeded")
+            )
+        except Exception:
+            pytest.fail(
+                f"the page never showed the job succeeded:\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+            )
+        download = wait.until(seen.visibility_of_element_located((By.ID, "download-model")))
+        assert download.text == "Download friend trees (.tar.gz)"
+        facts = browser.find_element(By.ID, "detail-facts").text
+        assert "predict" in facts and "3000 (" in facts and "download" in facts, facts
+        assert not browser.find_element(By.ID, "plots").is_displayed()  # a predict job makes no plots
+        folder = screenshot_dir(tmp_path)
+        browser.save_screenshot(str(folder / "mlaas4hep-predict-job.png"))
+        print(f"screenshot: {folder / 'mlaas4hep-predict-job.png'}")
