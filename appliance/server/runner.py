@@ -133,6 +133,9 @@ class JobRun:
         env.update({k: v for k, v in os.environ.items() if k.startswith("XRD_") or k == "X509_USER_PROXY"})
         if self.resources.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            # TensorFlow would take every GPU's whole memory at start, leaving none to the host's other jobs.
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env.update(self.settings.job_env)
         return env
 

@@ -71,3 +71,22 @@ def test_a_worker_without_a_gpu_leaves_a_gpu_job_queued(make_app, remote_samples
     job = submit(client, workflow(remote_samples, device="gpu")).get_json()
     queue.run_job(job["id"])  # what a worker on this GPU-less host does with the job's message
     assert queue.store.get(job["id"]).state == "queued"
+
+
+def test_a_gpu_job_runs_with_the_gpus_visible_and_its_memory_limit_on_its_data(make_app) -> None:
+    from appliance.server.runner import JobRun
+    from appliance.server.store import QUEUED, Job, now
+
+    queue = make_app().application.extensions[SERVER_NAME]
+    runs = {}
+    for device in ("cpu", "gpu"):
+        resources = {"memory_mb": 2048, "cpus": 1, "wall_time_s": 600, "device": device}
+        job = Job(id="0" * 31 + str(len(runs)), owner="alice", name="m", model_name="alice.m", state=QUEUED,
+                  resources=resources, created=now(), request={"model_file": "model.json"})  # fmt: skip
+        runs[device] = JobRun(queue.settings, job, queue.store, "here:1", None)
+    cpu, gpu = (runs[d].environment() for d in ("cpu", "gpu"))
+    assert cpu["CUDA_VISIBLE_DEVICES"] == "" and "TF_FORCE_GPU_ALLOW_GROWTH" not in cpu
+    assert "CUDA_VISIBLE_DEVICES" not in gpu and gpu["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    memory = f"={2048 * 1024 * 1024}"
+    assert f"--as{memory}" in runs["cpu"].argv() and f"--data{memory}" not in runs["cpu"].argv()
+    assert f"--data{memory}" in runs["gpu"].argv() and f"--as{memory}" not in runs["gpu"].argv()
