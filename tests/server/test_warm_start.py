@@ -169,3 +169,39 @@ def test_a_pytorch_job_starts_from_the_state_dict_the_worker_published(
     assert (
         metrics["init_model"]["framework"] == "torch" and metrics["init_model"]["start_max_abs_diff"] < 1e-4
     )
+
+
+def test_the_worker_copies_only_regular_files_readable_by_the_job(tmp_path):
+    from appliance.server.runner import copy_readable
+
+    source = tmp_path / "models" / "alice.m" / "1"
+    (source / "variables").mkdir(parents=True)
+    (source / "params.json").write_text("{}")
+    (source / "variables" / "variables.index").write_bytes(b"index")
+    (source / "variables" / "variables.index").chmod(0o600)
+    (source / "secret").symlink_to("/etc/shadow")
+    (source / "outside").symlink_to(tmp_path, target_is_directory=True)
+    target = tmp_path / "job" / "inputs" / "init_model"
+    copy_readable(source, target)
+    found = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    assert found == ["params.json", "variables", "variables/variables.index"]
+    assert (target / "variables" / "variables.index").stat().st_mode & 0o777 == 0o644
+    assert (target / "variables").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_job_whose_init_model_was_deleted_before_it_started_fails_saying_so(make_app):
+    from appliance.server.context import SERVER_NAME
+    from appliance.server.jobdir import JobDir
+    from appliance.server.runner import JobRun
+    from appliance.server.store import FAILED, QUEUED, Job, now
+
+    queue = make_app().application.extensions[SERVER_NAME]
+    request = {"model_file": "model.json", "init_model": {"name": "alice.gone", "version": 3}}
+    resources = {"memory_mb": 2048, "cpus": 1, "wall_time_s": 600, "device": "cpu"}
+    job = Job(id="a" * 32, owner="alice", name="gone", model_name="alice.gone", state=QUEUED,
+              resources=resources, created=now(), request=request)  # fmt: skip
+    JobDir.of(queue.settings, job.id).inputs.mkdir(parents=True)
+    state, error, result = JobRun(queue.settings, job, queue.store, "here:1", None).run()
+    assert (state, result) == (FAILED, None)
+    assert error == "init_model alice.gone/3 was deleted before the job started: submit it again"
+    assert error in JobDir.of(queue.settings, job.id).log.read_text()
