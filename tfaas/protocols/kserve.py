@@ -3,6 +3,7 @@ binary tensor data extension of Triton's clients (``Inference-Header-Content-Len
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +43,7 @@ def _binary_tensor(
     if binary is None:
         raise BadInputError(f"input {name!r} declares binary data but the request has no {BINARY_HEADER}")
     dtype = np.dtype(KSERVE_DTYPES[datatype])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if not isinstance(size, int) or size != expected or offset + size > len(binary):
         raise BadInputError(
             f"input {name!r}: binary_data_size must be {expected} bytes for {datatype} {shape}, "
@@ -78,9 +79,9 @@ def _tensors(inputs: Any, binary: memoryview | None) -> dict[str, np.ndarray]:
             array = np.asarray(values)
         except ValueError:
             raise BadInputError(f"input {name!r}: data is ragged") from None
-        if array.dtype.kind not in "fiu" or array.size != int(np.prod(shape)):
+        if array.dtype.kind not in "fiu" or array.size != math.prod(shape):
             raise BadInputError(
-                f"input {name!r}: data must hold {int(np.prod(shape))} numbers for shape {shape}"
+                f"input {name!r}: data must hold {math.prod(shape)} numbers for shape {shape}"
             )
         tensors[name] = array.reshape(shape)
     if binary is not None and offset != len(binary):
