@@ -13,8 +13,9 @@ the client may still be sending (a service that refuses a 50 MB body on its leng
 - a numeric query parameter far out of range (the API's log ``offset``; TFaaS's ``version``);
 - 16 log followers of one queued job at once (the API), with ``/health`` asked every 100 ms meanwhile;
 - tar bombs: 20,000 members; one member declaring 1.1 GiB of zeros; 1.1 GiB of zeros in 1 MiB members;
-- an upload declaring more than the upload limit; an upload above the disk quota (the API; the bench sets a
-  20 MiB quota so that the case is quick).
+- an upload declaring more than the upload limit; an upload above the disk quota (the API, in a second run
+  with a 20 MiB quota so that the case is quick; the first keeps the default quota, which would otherwise
+  stop the tar bombs before the API's own unpack limits do).
 
 The RSS of every gunicorn worker is sampled every 20 ms during each case (and of their children, reported
 apart: TFaaS's upload-check processes). Bounds (docs/tfaas.md and docs/server.md): a refusal within 1 s,
@@ -277,7 +278,7 @@ def measure(service: str, master: int, cases: list[Case]) -> list[dict[str, Any]
         with sampler.running():
             outcome = case.run()
         outcomes = outcome if isinstance(outcome, list) else [outcome]
-        refusals = [o for o in outcomes if o.status is not None and 400 <= o.status < 500]
+        refusals = [o for o in outcomes if _status_ok(o.status, case.wanted)]
         growth = max((peak - before.get(pid, peak) for pid, peak in sampler.peaks.items()), default=0)
         rows.append(
             {
@@ -285,7 +286,7 @@ def measure(service: str, master: int, cases: list[Case]) -> list[dict[str, Any]
                 "case": case.name,
                 "statuses": sorted({str(o.status or o.error) for o in outcomes}),
                 "seconds": max(o.seconds for o in (refusals or outcomes)),
-                "refused": bool(refusals) and all(_status_ok(o.status, case.wanted) for o in refusals),
+                "refused": bool(refusals),
                 "all_refused": len(refusals) == len(outcomes),
                 "sent_mb": max(o.sent for o in outcomes) / 1e6,
                 "peak_rss_mb": max(sampler.peaks.values(), default=0) / MiB,
@@ -348,7 +349,7 @@ def tfaas_cases(port: int, token: str, model: str, bomb_bodies: dict[str, bytes]
 
 
 def api_cases(
-    url: str, port: int, token: str, job: str, bomb_bodies: dict[str, bytes], limit: int, quota: int
+    url: str, port: int, token: str, job: str, bomb_bodies: dict[str, bytes], limit: int, quota: int | None
 ) -> list[Case]:
     auth = {"Authorization": f"Bearer {token}"}
     as_json = {**auth, "Content-Type": "application/json"}
@@ -420,15 +421,16 @@ def api_cases(
             "413",
         )
     )
+    if quota is None:
+        return cases
     over_quota = tar_gz(lambda t: _add_random(t, "data.bin", quota + MiB))
-    cases.append(
+    return [
         Case(
             f"upload above the disk quota ({(quota + MiB) // MiB} MiB of data, quota {quota // MiB} MiB)",
             lambda: exchange(port, "POST", "/upload", tar, pieces(over_quota), len(over_quota)),
             "507",
         )
-    )
-    return cases
+    ]
 
 
 def _add_random(tar: tarfile.TarFile, name: str, size: int) -> None:
@@ -481,23 +483,28 @@ def run_tfaas(workdir: Path, auth: dict[str, Any], token: str, bomb_bodies: dict
 
 
 def run_api(
-    workdir: Path, auth: dict[str, Any], token: str, bomb_bodies: dict[str, bytes], quota: int
+    workdir: Path, auth: dict[str, Any], token: str, bomb_bodies: dict[str, bytes], quota: int | None
 ) -> list[dict]:
+    """The API with its default disk quota (``quota`` None: every case but the quota's), or with ``quota``
+    (the quota case only: a small quota makes it quick, and would hide the other limits behind it)."""
     data_dir = Path(tempfile.mkdtemp(prefix="mlaas4hep-bad-input-"))
     data_dir.chmod(0o755)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # Only this run's settings: the API refuses MLAAS4HEP_* variables it does not know (MLAAS4HEP_VENV).
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLAAS4HEP_")}
     env = {
-        **os.environ,
+        **inherited,
         "MLAAS4HEP_DATA_DIR": str(data_dir),
         "MLAAS4HEP_JOB_UIDS": "61080-61089",
         "MLAAS4HEP_JOB_NETWORK": "host",
         "MLAAS4HEP_CHECK_URLS": "false",  # no worker runs: the job stays queued, which followers wait on
         "MLAAS4HEP_WORKERS": "2",
         "MLAAS4HEP_AUTH": json.dumps(auth),
-        "MLAAS4HEP_DISK_QUOTA_BYTES": str(quota),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    if quota is not None:
+        env["MLAAS4HEP_DISK_QUOTA_BYTES"] = str(quota)
     from appliance.server.settings import Settings
 
     limit = Settings.load(environ=env).max_upload_bytes
@@ -596,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "tfaas"):
                 rows += run_tfaas(workdir, auth, token, bomb_bodies)
             if args.only in (None, "api"):
+                rows += run_api(workdir, auth, token, bomb_bodies, None)
                 rows += run_api(workdir, auth, token, bomb_bodies, args.quota_mib * MiB)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

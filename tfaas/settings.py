@@ -59,9 +59,10 @@ class Settings(settings.LoadableSettings):
     connection_max_requests: int = 100  # a kept-alive connection is closed after this many: workers rebalance
     max_body_bytes: int = 16 * MiB  # predict requests
     max_upload_bytes: int = 512 * MiB  # the upload body, and separately the unpacked archive
-    # A bundle has a handful of files; each member costs a file creation, so a bound far above that refuses
-    # an archive of many members quickly (10,000 took 2.4 s to reach, measured in bench/bad_input.py).
-    max_upload_members: int = 1000
+    # A bundle has a handful to a few dozen files; each member costs a file creation (up to 2.7 ms on the
+    # shared development disk), so a bound well above a bundle refuses an archive of many members quickly:
+    # 10,000 took 2.4 s and 1,000 still 1.8 s to reach in bench/bad_input.py.
+    max_upload_members: int = 200
     max_batch_rows: int = 100_000  # rows in one predict request
     reload_interval_s: float = 1.0  # how often each worker looks at the repository for changes
     preload: bool = True  # each worker loads every model's latest version at start, then accepts requests

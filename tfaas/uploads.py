@@ -27,12 +27,12 @@ from tfaas.upload_check import check_in_child
 
 MiB = 1024 * 1024
 # A gzipped archive may unpack to at most this many times the compressed bytes read so far, beyond its first
-# EXPANSION_SLACK_BYTES. A bomb (a gzip of zeros expands 1000-fold) is then refused after about 36 MiB
+# EXPANSION_SLACK_BYTES. A bomb (a gzip of zeros expands 1000-fold) is then refused after about 18 MiB
 # written, in a fraction of a second, instead of at max_upload_bytes (512 MiB: seconds of disk writes, which
 # bench/bad_input.py measured at 5 s). A SavedModel's weights compress 1-3-fold; a bundle that compresses
 # better than 100-fold can be sent as a plain tar, which this bound does not touch.
 MAX_EXPANSION = 100
-EXPANSION_SLACK_BYTES = 32 * MiB
+EXPANSION_SLACK_BYTES = 16 * MiB
 GZIP_MAGIC = b"\x1f\x8b"
 
 TAR_TYPES = frozenset(
