@@ -20,6 +20,7 @@ import numpy as np
 
 from appliance.data.features import FORMAT, BranchStats, FeatureSpec
 from appliance.data.sources import Source, column_kinds, column_type, entry_shares, iterate, open_tree
+from appliance.data.targets import file_factors, raw_weights
 from appliance.data.workflow import Cut, Workflow
 from servicecore import atomic
 from servicecore.errors import BadInputError
@@ -104,6 +105,12 @@ def fingerprint_inputs(wf: Workflow) -> dict[str, Any]:
         "jagged_length": p.jagged_length,
         "mask": p.mask,
         "preproc": wf.preproc_source,
+        "weight": p.weight,
+        "cross_section": p.cross_section,
+        "luminosity": p.luminosity,
+        "file_weight": p.file_weight,
+        "negative_weights": p.negative_weights,
+        "target": p.target,
     }
 
 
@@ -151,11 +158,13 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
     referenced = wf.preproc.referenced_branches
     if wf.label_branch:
         referenced = referenced | {wf.label_branch}
+    referenced = referenced | (wf.truth_branches - set(wf.preproc.new_branches))
     unknown = sorted(n for n in referenced if n not in kinds)
     if unknown:
         raise BadInputError(
             f"branch(es) {', '.join(map(repr, unknown))} not found in tree {wf.tree!r} of {wf.files[0]!r}"
         )
+    check_truth_kinds(wf, kinds)
     named = referenced | {n for n in wf.params.selected_branches if n in kinds}
     refuse_unsupported(trees[0], wf.files[0], sorted(n for n in named if kinds[n] is None))
     if wf.label_branch and kinds[wf.label_branch] != "flat":
@@ -165,7 +174,11 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
     if skipped:
         log.info("skipping branches a model cannot take (not numbers): %s", ", ".join(skipped))
     features = [(n, kinds[n]) for n in chosen if kinds[n] is not None]
-    features += [(n, d["type"]) for n, d in wf.preproc.new_branches.items() if n not in wf.preproc.removed]
+    features += [
+        (n, d["type"])
+        for n, d in wf.preproc.new_branches.items()
+        if n not in wf.preproc.removed and n not in wf.truth_branches
+    ]
     if not features:
         raise BadInputError(
             "the branch selection is empty: selected_branches, exclude_branches and identifier "
@@ -181,6 +194,31 @@ def plan_sources(wf: Workflow) -> tuple[list[Source], list[tuple[str, str]], lis
         for i, (url, e, s, lab) in enumerate(zip(wf.files, entries, stops, labels, strict=True))
     ]
     return sources, features, raw
+
+
+def check_truth_kinds(wf: Workflow, kinds: dict[str, str | None]) -> None:
+    """The weight expression and the regression targets read flat numeric branches (or flat new branches)."""
+
+    def kind(name: str) -> str | None:
+        definition = wf.preproc.new_branches.get(name)
+        return definition["type"] if definition else kinds.get(name)
+
+    expression = wf.params.weight_expression
+    for name in sorted(expression.names) if expression is not None else []:
+        if kind(name) != "flat":
+            holds = "a list per event" if kind(name) == "jagged" else "no numbers"
+            raise BadInputError(
+                f"weight expression {wf.params.weight!r} is not numeric per event: branch {name!r} holds "
+                f"{holds}; a weight is one number per event"
+            )
+    for name in wf.params.target:
+        if kind(name) == "jagged":
+            raise BadInputError(
+                f"regression target {name!r} is jagged (a list per event); a target must be one number per "
+                "event (define one with a new_branch of preproc.json, e.g. a leading-jet value)"
+            )
+        if kind(name) != "flat":
+            raise BadInputError(f"regression target {name!r} does not hold numbers")
 
 
 def refuse_unsupported(tree: Any, url: str, names: list[str]) -> None:
@@ -234,11 +272,15 @@ def compute_specs(wf: Workflow) -> FeatureSpec:
     selected_per_file = []
     chunk = wf.params.chunk_size if wf.params.chunk_size > 0 else 1_000_000
     read = raw + ([wf.label_branch] if wf.label_branch and wf.label_branch not in raw else [])
+    weight_sums = WeightSums(len(sources)) if wf.params.weight_expression is not None else None
     for source in sources:
         tree = open_tree(source.url, wf.tree)
         selected = 0
         for _, arrays in iterate(tree, read, chunk, 0, source.entry_stop, source.url):
-            columns, _ = select_events(wf, definitions, arrays)
+            full, keep = passing_events(wf.preproc.cuts, definitions, arrays)
+            columns = full if keep is None else {name: values[keep] for name, values in full.items()}
+            if weight_sums is not None:
+                weight_sums.add(source.index, raw_weights(wf, full, source.url), keep)
             for name, accumulator in accumulators.items():
                 accumulator.add(columns[name])
             if wf.label_branch:
@@ -253,6 +295,8 @@ def compute_specs(wf: Workflow) -> FeatureSpec:
             if wf.preproc.cuts
             else "the input files hold no events"
         )
+    if weight_sums is not None:
+        weight_sums.check_negative(wf, sources)
     stats = {name: acc.stats(name) for name, acc in accumulators.items()}
     for name, kind in features:
         if kind == "jagged":
@@ -278,6 +322,8 @@ def compute_specs(wf: Workflow) -> FeatureSpec:
             "label_branch": wf.label_branch,
             "read_branches": read,
             "preproc": wf.preproc_source,
+            "weights": weight_sums.document(wf) if weight_sums is not None else None,
+            "targets": list(wf.params.target),
             "pass1_seconds": round(time.monotonic() - started, 3),
         },
     )
@@ -294,9 +340,50 @@ def _label_name(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+class WeightSums:
+    """Pass 1's sums of the weight expression per file: of every event read (normalising cross_section) and
+    of the selected events, with the count of negative ones."""
+
+    def __init__(self, n_files: int) -> None:
+        self.read = np.zeros(n_files)
+        self.selected = np.zeros(n_files)
+        self.negative = np.zeros(n_files, dtype=np.int64)
+
+    def add(self, index: int, weights: np.ndarray | None, keep: np.ndarray | None) -> None:
+        assert weights is not None
+        self.read[index] += float(weights.sum())
+        kept = weights if keep is None else weights[keep]
+        self.selected[index] += float(kept.sum())
+        self.negative[index] += int(np.count_nonzero(kept < 0))
+
+    def check_negative(self, wf: Workflow, sources: list[Source]) -> None:
+        """Refuse negative weights before any training when the loss would refuse them (the default)."""
+        if wf.params.negative_weights != "refuse" or not self.negative.any():
+            return
+        first = int(np.flatnonzero(self.negative)[0])
+        raise BadInputError(
+            f"{sources[first].url}: {int(self.negative[first])} selected event(s) have a negative weight "
+            f"({wf.params.weight!r}; {int(self.negative.sum())} in all files); the loss needs weights >= 0: "
+            'set negative_weights to "abs" or "zero", or cut those events'
+        )
+
+    def document(self, wf: Workflow) -> dict[str, Any]:
+        factors = file_factors(wf, self.read)
+        return {
+            "expression": wf.params.weight,
+            "sum_read": self.read.tolist(),
+            "sum_selected": self.selected.tolist(),
+            "negative_selected": self.negative.tolist(),
+            "file_factor": factors.tolist(),
+            "negative_weights": wf.params.negative_weights,
+        }
+
+
 def _class_counts(
     wf: Workflow, sources: list[Source], selected: list[int], label_values: dict[Any, int]
 ) -> tuple[list[int], list[float]]:
+    if wf.params.regression:
+        return [], []
     if wf.label_branch:
         values = sorted(label_values)
         if len(values) < 2:

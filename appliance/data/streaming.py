@@ -21,7 +21,8 @@ import numpy as np
 
 from appliance.data.features import FeatureSpec
 from appliance.data.sources import compressed_bytes, iterate, open_tree
-from appliance.data.specs import load_or_compute_specs, select_events
+from appliance.data.specs import load_or_compute_specs, passing_events
+from appliance.data.targets import loss_weights, raw_weights, target_values
 from appliance.data.workflow import Workflow, load_workflow
 from servicecore.errors import BadInputError
 
@@ -39,8 +40,9 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 @dataclass
 class Chunk:
     x: np.ndarray  # float32 [n, dim]
-    y: np.ndarray  # int64 [n], class index
+    y: np.ndarray  # int64 [n], class index; float32 [n, targets] for a regression
     split: np.ndarray  # uint8 [n]: TRAIN, VALIDATION or TEST
+    w: np.ndarray | None = None  # float32 [n], the event weights the loss uses; None when unweighted
 
     def __len__(self) -> int:
         return len(self.y)
@@ -48,6 +50,25 @@ class Chunk:
     def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
         keep = self.split == which
         return self.x[keep], self.y[keep]
+
+    def weights(self, which: int) -> np.ndarray | None:
+        return None if self.w is None else self.w[self.split == which]
+
+    def take(self, index: Any) -> Chunk:
+        """The events at ``index`` (a slice or an index array), every array alike."""
+        return Chunk(
+            self.x[index], self.y[index], self.split[index], None if self.w is None else self.w[index]
+        )
+
+    @classmethod
+    def concatenate(cls, chunks: list[Chunk]) -> Chunk:
+        weighted = chunks[0].w is not None
+        return cls(
+            np.concatenate([c.x for c in chunks]),
+            np.concatenate([c.y for c in chunks]),
+            np.concatenate([c.split for c in chunks]),
+            np.concatenate([c.w for c in chunks if c.w is not None]) if weighted else None,
+        )
 
 
 def uniform_hash(seed: int, file_index: int, entries: np.ndarray) -> np.ndarray:
@@ -86,6 +107,9 @@ class EventStream:
         self.read_branches: list[str] = spec.dataset["read_branches"]
         self.class_names: list[str] = spec.dataset["class_names"]
         self._class_values = np.asarray(spec.dataset.get("class_values") or [], dtype=np.float64)
+        # Each file's normalisation of its event weights (pass 1's sums, see appliance.data.targets).
+        weights = spec.dataset.get("weights") or {}
+        self._file_factors = np.asarray(weights.get("file_factor") or [1.0] * len(self.files))
         self._trees: dict[str, Any] = {}  # opened once: reading a TTree's metadata costs ~50 ms per file
 
     def _tree(self, url: str) -> Any:
@@ -145,19 +169,24 @@ class EventStream:
                 parts.append(self._convert(index, url, start, arrays))
             if not parts:
                 break
-            block = Chunk(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+            block = Chunk.concatenate(parts)
             if params.shuffle:
-                order = rng.permutation(len(block))
-                block = Chunk(block.x[order], block.y[order], block.split[order])
+                block = block.take(rng.permutation(len(block)))
             for start in range(0, len(block), chunk_size):
-                end = start + chunk_size
-                yield Chunk(block.x[start:end], block.y[start:end], block.split[start:end])
+                yield block.take(slice(start, start + chunk_size))
 
-    def _convert(
-        self, index: int, url: str, start: int, arrays: dict[str, Any]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def regression(self) -> bool:
+        return self.wf.params.regression
+
+    @property
+    def weighted(self) -> bool:
+        return self.wf.params.weight_expression is not None
+
+    def _convert(self, index: int, url: str, start: int, arrays: dict[str, Any]) -> Chunk:
         n_read = len(next(iter(arrays.values())))
-        columns, keep = select_events(self.wf, self.spec, arrays)
+        full, keep = passing_events(self.wf.preproc.cuts, self.spec, arrays)
+        columns = full if keep is None else {name: values[keep] for name, values in full.items()}
         entries = np.arange(start, start + n_read, dtype=np.int64)
         if keep is not None:
             entries = entries[keep]
@@ -165,7 +194,14 @@ class EventStream:
             x = self.spec.transform(columns)
         except BadInputError as err:
             raise BadInputError(f"{url}: {err}") from None
-        if self.wf.label_branch:
+        weights = None
+        if self.weighted:
+            raw = raw_weights(self.wf, columns, url)
+            assert raw is not None
+            weights = loss_weights(self.wf, raw * self._file_factors[index], url)
+        if self.regression:
+            y = target_values(self.wf, columns, url)
+        elif self.wf.label_branch:
             values = np.asarray(columns[self.wf.label_branch], dtype=np.float64)
             y = np.searchsorted(self._class_values, values).astype(np.int64)
             y = np.clip(y, 0, len(self._class_values) - 1)
@@ -182,7 +218,7 @@ class EventStream:
             self.wf.params.test_fraction,
             self.wf.params.validation_split,
         )
-        return x, y, split
+        return Chunk(x, y, split, weights)
 
 
 def _prefetched(source: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
@@ -245,7 +281,8 @@ def read_workflow(
     t0 = time.monotonic()
     for chunk in stream.chunks(epoch=0):
         events += len(chunk)
-        per_class += np.bincount(chunk.y, minlength=stream.n_classes)
+        if not stream.regression:
+            per_class += np.bincount(chunk.y, minlength=stream.n_classes)
         if bar is not None:
             bar.update(len(chunk))
     seconds = time.monotonic() - t0

@@ -1,5 +1,8 @@
 """The user's workflow: files list, labels, ``params.json`` and ``preproc.json``, read and validated.
 
+One piece although above 400 lines: every input of a workflow is checked here, together and before any data is
+read, so that the rules about one key (a weight, a target, a label) sit beside those about the others.
+
 The keys and their meaning are the original MLaaS4HEP's, so existing workflows keep working. Everything is
 checked here, before any data is read, and every problem raises :class:`BadInputError` naming the culprit.
 """
@@ -8,8 +11,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from servicecore.errors import BadInputError
 URL_SCHEMES = ("root://", "roots://", "http://", "https://", "file://", "xroot://", "xroots://")
 DEFAULT_IDENTIFIERS = ("run", "event", "luminosityBlock")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+NEGATIVE_WEIGHTS = ("refuse", "abs", "zero")
 
 
 @dataclass
@@ -49,6 +54,13 @@ class Params:
     jagged_length: Any = "max"  # "max", "pNN" (a quantile of list lengths), an int, or {branch: int}
     mask: bool = False  # add one 0/1 column per jagged slot
     class_weight: str = ""  # "" or "balanced"
+    # Event weights and regression (issue 17, docs/training.md "Weights" and "Regression").
+    weight: str = ""  # per-event weight expression, e.g. "genWeight"; "" = every event weighs 1
+    cross_section: list[float] = field(default_factory=list)  # one per file: xs * luminosity / sum of weights
+    luminosity: float = 1.0
+    file_weight: list[float] = field(default_factory=list)  # one factor per file
+    negative_weights: str = "refuse"  # what the loss does with negative weights: refuse, abs or zero
+    target: list[str] = field(default_factory=list)  # regression target branches; empty = classification
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "params.json") -> Params:
@@ -61,7 +73,7 @@ class Params:
                 f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
             )
         values: dict[str, Any] = dict(data)
-        for key in ("selected_branches", "exclude_branches", "identifier", "metrics"):
+        for key in ("selected_branches", "exclude_branches", "identifier", "metrics", "target"):
             if key in values:
                 values[key] = _name_list(values[key], f"{source}: {key}")
         params = cls(**values)
@@ -112,6 +124,7 @@ class Params:
             f'class_weight must be "" or "balanced", got {self.class_weight!r}',
         )
         check(isinstance(self.training, dict), "training must be an object")
+        self._validate_weights(check, source)
         length = self.jagged_length
         if isinstance(length, dict):
             for name, value in length.items():
@@ -127,9 +140,55 @@ class Params:
                 f'jagged_length must be "max", "pNN", an integer or an object of integers, got {length!r}',
             )
 
+    def _validate_weights(self, check: Callable[[bool, str], None], source: str) -> None:
+        check(isinstance(self.weight, str), f"weight must be an expression string, got {self.weight!r}")
+        if self.weight.strip():
+            Expression(self.weight, where=f"{source}: weight")
+        for key in ("cross_section", "file_weight"):
+            values = getattr(self, key)
+            check(isinstance(values, list), f"{key} must be a list with one number per file, got {values!r}")
+            for value in values:
+                check(
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and value > 0,
+                    f"{key} values must be positive numbers, got {value!r}",
+                )
+        check(
+            isinstance(self.luminosity, int | float)
+            and not isinstance(self.luminosity, bool)
+            and math.isfinite(self.luminosity)
+            and self.luminosity > 0,
+            f"luminosity must be a positive number, got {self.luminosity!r}",
+        )
+        check(
+            not self.cross_section or self.weight.strip() != "",
+            "cross_section needs a weight expression (weight) whose sum per file normalises it",
+        )
+        check(
+            self.negative_weights in NEGATIVE_WEIGHTS,
+            f"negative_weights must be one of {', '.join(NEGATIVE_WEIGHTS)}, got {self.negative_weights!r}",
+        )
+        for name in self.target:
+            check(NAME.match(name) is not None, f"target {name!r} is not a branch name")
+        check(len(set(self.target)) == len(self.target), f"target names a branch twice: {self.target}")
+        check(
+            not (self.target and self.class_weight),
+            "class_weight balances classes; a regression (target) has none",
+        )
+
     @property
     def test_fraction(self) -> float:
         return float(self.split)
+
+    @property
+    def regression(self) -> bool:
+        return bool(self.target)
+
+    @property
+    def weight_expression(self) -> Expression | None:
+        return Expression(self.weight, where="params.json: weight") if self.weight.strip() else None
 
 
 @dataclass
@@ -247,6 +306,12 @@ class Workflow:
     def tree(self) -> str:
         return self.params.branch.strip("/")
 
+    @property
+    def truth_branches(self) -> set[str]:
+        """Branches the weight expression and the regression targets read: never features of the model."""
+        expression = self.params.weight_expression
+        return set(self.params.target) | (set(expression.names) if expression is not None else set())
+
     def select(self, available: list[str]) -> list[str]:
         """Feature branches from the tree's branches: selection, exclusions, identifiers and label removed."""
         p = self.params
@@ -261,7 +326,7 @@ class Workflow:
                     f"selected_branches: no branch named {', '.join(map(repr, missing))} "
                     f"in tree {self.tree!r}"
                 )
-        excluded = set(p.identifier) | self.preproc.removed
+        excluded = set(p.identifier) | self.preproc.removed | self.truth_branches
         if self.label_branch:
             excluded.add(self.label_branch)
         chosen = [
@@ -357,7 +422,18 @@ def load_workflow(
         preproc_data = dict(preproc) if isinstance(preproc, Mapping) else _read_json(preproc, "preproc")
     preproc_obj = Preproc.from_dict(preproc_data)
     file_list = read_files_list(files, params_obj.redirector)
-    label_list, label_branch, class_names = read_labels(str(labels), len(file_list))
+    for key in ("cross_section", "file_weight"):
+        given = getattr(params_obj, key)
+        if given and len(given) != len(file_list):
+            raise BadInputError(
+                f"params.json: {key} has {len(given)} value(s) for {len(file_list)} file(s); "
+                "give one per file"
+            )
+    if params_obj.regression:
+        # The targets say what to learn; labels (still a required argument) are not read.
+        label_list, label_branch, class_names = None, None, list(params_obj.target)
+    else:
+        label_list, label_branch, class_names = read_labels(str(labels), len(file_list))
     if label_list is not None and len(class_names) < 2:
         raise BadInputError(
             f"labels: every file has the label {class_names[0]!r}; training needs at least two classes"

@@ -69,7 +69,8 @@ def job_view(job: Job, progress: bool = True) -> dict[str, Any]:
             links["friends"] = f"/jobs/{job.id}/friends"
     elif job.state == SUCCEEDED:
         links["model"] = f"/jobs/{job.id}/model"
-        links.update({f"plot_{name}": f"/jobs/{job.id}/plots/{name}.png" for name in PLOTS})
+        made = [name for name in PLOTS if job_dir(job).plot(name).is_file()]  # a regression has no ROC
+        links.update({f"plot_{name}": f"/jobs/{job.id}/plots/{name}.png" for name in made})
     view["links"] = links
     view["expires"] = iso(job_expiry(settings(), job))  # when housekeeping deletes it (null: kept)
     return view

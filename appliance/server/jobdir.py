@@ -30,7 +30,7 @@ from pathlib import Path
 from appliance.server.settings import Settings
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-PLOTS = ("roc", "loss")
+PLOTS = ("roc", "loss", "residuals")  # residuals: a regression's, instead of roc
 INCOMING = ".incoming"  # job and upload directories are built here, then renamed into place
 # A finished, queued or foreign job directory: its owner (the server) only.
 PRIVATE_MODE = 0o700

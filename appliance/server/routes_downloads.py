@@ -144,7 +144,7 @@ def blueprint() -> flask.Blueprint:
 
     @bp.get("/jobs/<job_id>/plots/<name>.png")
     @operation(
-        "the ROC or loss plot",
+        "the ROC, loss or residuals plot",
         {200: {"description": "PNG", "content": {"image/png": {}}}},
         errors=(404, 409),
         parameters=[JOB_ID, path_parameter("name", enum=list(PLOTS))],

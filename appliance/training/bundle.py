@@ -3,7 +3,8 @@
 Layout and ``params.json`` keys are the contract with TFaaS (docs/architecture.md)::
 
     <bundle>/saved_model.pb variables/ assets/   SavedModel, signature serving_default: inputs -> outputs
-             params.json labels.txt metrics.json roc.png loss.png
+             params.json labels.txt metrics.json loss.png and roc.png (a classifier: the unweighted ROC, the
+             weighted one beside it) or residuals.png (a regression; labels.txt then names the targets)
 
 A bundle is always built in a temporary directory beside its destination and renamed into place, so nobody
 ever sees half of one. In a repository, ``REPO/<name>/<version>/`` is created by renaming a complete bundle
@@ -94,6 +95,7 @@ def write_bundle(
     history: Sequence[Mapping[str, Any]],
     roc: Mapping[str, Any] | None,
     onnx: Any = None,
+    residuals: Mapping[str, Any] | None = None,
 ) -> Path:
     """Build the bundle in a temporary directory beside ``destination`` and rename it there.
 
@@ -114,7 +116,10 @@ def write_bundle(
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in class_names))
         _write_json(staging / "metrics.json", metrics)
         plot_loss(history, staging / "loss.png")
-        plot_roc(roc, class_names, staging / "roc.png")
+        if residuals is not None:
+            plot_residuals(residuals, staging / "residuals.png")
+        else:
+            plot_roc(roc, class_names, staging / "roc.png")
         _replace_directory(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -218,22 +223,47 @@ def plot_loss(history: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def plot_roc(roc: Mapping[str, Any] | None, class_names: Sequence[str], path: Path) -> None:
-    """ROC curves on the test part: one curve for a binary problem, one per class (one-vs-rest) otherwise."""
+    """ROC curves on the test part: one curve for a binary problem, one per class (one-vs-rest) otherwise;
+    with event weights, the weighted curves in a second panel beside the unweighted ones.
+
+    ``roc`` is ``appliance.training.evaluation.roc_metrics``'s ``{"unweighted": ..., "weighted": ...}``."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5, 5), dpi=100)
-    axes = figure.subplots()
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-    if roc:
-        for label, curve in roc.items():
-            axes.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {curve['auc']:.3f})")
-        axes.legend(loc="lower right")
-    else:
-        axes.text(0.5, 0.5, "no test events with two classes", ha="center")
-    axes.set_xlabel("false positive rate")
-    axes.set_ylabel("true positive rate")
-    axes.set_title("ROC on the test part")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.02)
+    panels = [("ROC on the test part", (roc or {}).get("unweighted"))]
+    if roc and roc.get("weighted"):
+        panels = [("ROC on the test part (unweighted)", roc["unweighted"]), ("weighted", roc["weighted"])]
+    figure = Figure(figsize=(5 * len(panels), 5), dpi=100)
+    for axes, (title, curves) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        if curves:
+            for label, curve in curves.items():
+                axes.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {curve['auc']:.3f})")
+            axes.legend(loc="lower right")
+        else:
+            axes.text(0.5, 0.5, "no test events with two classes", ha="center")
+        axes.set_xlabel("false positive rate" + (" (weighted)" if title == "weighted" else ""))
+        axes.set_ylabel("true positive rate" + (" (weighted)" if title == "weighted" else ""))
+        axes.set_title("weighted ROC on the test part" if title == "weighted" else title)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1.02)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_residuals(residuals: Mapping[str, Any], path: Path) -> None:
+    """Residual (prediction - target) against the target, one panel per regression target (a sample of the
+    test events, ``appliance.training.evaluation.regression_metrics``)."""
+    from matplotlib.figure import Figure
+
+    names = list(residuals)
+    figure = Figure(figsize=(5 * max(len(names), 1), 4), dpi=100)
+    for axes, name in zip(figure.subplots(1, max(len(names), 1), squeeze=False)[0], names, strict=False):
+        points = residuals[name]
+        axes.scatter(points["target"], points["residual"], s=4, alpha=0.4)
+        axes.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+        axes.set_xlabel(f"{name} (target)")
+        axes.set_ylabel("prediction - target")
+        axes.set_title(f"residuals of {name} on the test part")
+        axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)

@@ -33,6 +33,8 @@ TORCH_LOSSES = {
     "bce_with_logits": ("binary", "sigmoid"),
     "cross_entropy": ("sparse", "softmax"),
     "sparse_categorical_crossentropy": ("sparse", "softmax"),
+    "mse": ("regression", "none"),
+    "l1": ("regression", "none"),
 }
 TORCH_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 TRAINING_OPTIONS = (
@@ -48,10 +50,24 @@ EPSILON = 1e-7
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # features, class indices, sample weights
 
 
-def cross_entropy(probabilities: np.ndarray, y: np.ndarray) -> float:
-    """Mean cross-entropy of class probabilities [n, n_classes] (a framework-neutral loss for metrics)."""
+def cross_entropy(probabilities: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean cross-entropy of class probabilities [n, n_classes] (a framework-neutral loss for metrics),
+    weighted by the events' ``weights`` when given."""
     picked = np.clip(probabilities[np.arange(len(y)), y], EPSILON, 1.0)
-    return float(-np.mean(np.log(picked)))
+    return _mean(-np.log(picked), weights)
+
+
+def squared_error(predictions: np.ndarray, targets: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean squared error over events (averaged over targets), weighted by ``weights`` when given."""
+    difference = np.asarray(predictions, np.float64) - targets.reshape(len(targets), -1)
+    per_event = np.mean(difference**2, axis=1)
+    return _mean(per_event, weights)
+
+
+def _mean(values: np.ndarray, weights: np.ndarray | None) -> float:
+    if weights is None or float(np.sum(weights)) <= 0:
+        return float(np.mean(values))
+    return float(np.average(values, weights=weights))
 
 
 def class_probabilities(outputs: np.ndarray) -> np.ndarray:
@@ -104,11 +120,20 @@ class TorchModel(FrameworkModel):
     framework = "torch"
 
     def __init__(
-        self, module: Any, loss: Any, optimizer: Any, idim: int, n_classes: int, batch_size: int, source: str
+        self,
+        module: Any,
+        loss: Any,
+        optimizer: Any,
+        idim: int,
+        n_classes: int,
+        batch_size: int,
+        source: str,
+        regression: bool = False,
     ) -> None:
         import torch
 
         self.torch = torch
+        self.regression = regression
         self.module = module
         self.batch_size = batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,6 +157,20 @@ class TorchModel(FrameworkModel):
         if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2:
             raise BadInputError(f"{source}: the PyTorch module must return one tensor [batch, units]")
         units = int(outputs.shape[1])
+        if (self.encoding_mode == "regression") != self.regression:
+            raise BadInputError(
+                f"{source}: loss {self.loss_name!r} "
+                + (
+                    "trains a classifier; regression targets need mse or l1"
+                    if self.regression
+                    else "is a regression loss; the data has classes (params.json sets no target)"
+                )
+            )
+        if self.encoding_mode == "regression" and units != n_classes:
+            raise BadInputError(
+                f"{source}: the module has {units} output unit(s) but params.json's target names "
+                f"{n_classes} branch(es)"
+            )
         if self.encoding_mode == "binary" and (units != 1 or n_classes != 2):
             raise BadInputError(
                 f"{source}: loss {self.loss_name!r} needs 1 output unit and 2 classes; the module has "
@@ -161,7 +200,9 @@ class TorchModel(FrameworkModel):
                 x = torch.tensor(x_chunk[start : start + self.batch_size], dtype=torch.float32)
                 y = y_chunk[start : start + self.batch_size]
                 outputs = self.module(x.to(self.device))
-                if self.encoding_mode == "binary":
+                if self.encoding_mode == "regression":
+                    target = torch.from_numpy(y.astype(np.float32).reshape(len(y), -1)).to(self.device)
+                elif self.encoding_mode == "binary":
                     target = torch.from_numpy(y.astype(np.float32).reshape(-1, 1)).to(self.device)
                 else:
                     target = torch.from_numpy(y.astype(np.int64)).to(self.device)
@@ -196,6 +237,8 @@ def _torch_loss(loss: Any, source: str) -> tuple[str, Any]:
         torch.nn.BCELoss: "bce",
         torch.nn.BCEWithLogitsLoss: "bce_with_logits",
         torch.nn.CrossEntropyLoss: "cross_entropy",
+        torch.nn.MSELoss: "mse",
+        torch.nn.L1Loss: "l1",
     }
     if loss is None:
         raise BadInputError(
@@ -206,8 +249,8 @@ def _torch_loss(loss: Any, source: str) -> tuple[str, Any]:
         name = next((n for cls, n in classes.items() if isinstance(loss, cls)), None)
         if name is None:
             raise BadInputError(
-                f"{source}: loss {type(loss).__name__} is not supported; use BCELoss, BCEWithLogitsLoss "
-                "or CrossEntropyLoss"
+                f"{source}: loss {type(loss).__name__} is not supported; use BCELoss, BCEWithLogitsLoss, "
+                "CrossEntropyLoss, MSELoss or L1Loss"
             )
     elif isinstance(loss, str) and loss.lower() in TORCH_LOSSES:
         name = loss.lower()
@@ -215,10 +258,13 @@ def _torch_loss(loss: Any, source: str) -> tuple[str, Any]:
         raise BadInputError(
             f"{source}: unknown loss {loss!r} for a PyTorch module; known: {', '.join(TORCH_LOSSES)}"
         )
-    kind = TORCH_LOSSES[name][1]
-    function = {"none": torch.nn.BCELoss, "sigmoid": torch.nn.BCEWithLogitsLoss}.get(
-        kind, torch.nn.CrossEntropyLoss
-    )
+    function = {
+        "bce": torch.nn.BCELoss,
+        "binary_crossentropy": torch.nn.BCELoss,
+        "bce_with_logits": torch.nn.BCEWithLogitsLoss,
+        "mse": torch.nn.MSELoss,
+        "l1": torch.nn.L1Loss,
+    }.get(name, torch.nn.CrossEntropyLoss)
     return name, function(reduction="none")
 
 
@@ -245,7 +291,13 @@ def _torch_optimizer(optimizer: Any, module: Any, source: str) -> Any:
 
 
 def torch_model(
-    returned: Any, options: Mapping[str, Any], idim: int, n_classes: int, batch_size: int, source: str
+    returned: Any,
+    options: Mapping[str, Any],
+    idim: int,
+    n_classes: int,
+    batch_size: int,
+    source: str,
+    regression: bool = False,
 ) -> TorchModel:
     """A :class:`TorchModel` from what ``model(idim)`` returned and params.json's ``training`` options."""
     import torch
@@ -268,7 +320,8 @@ def torch_model(
     optimizer = settings.get("optimizer", "adam")
     if isinstance(optimizer, str):
         optimizer = {"name": optimizer, "learning_rate": settings.get("learning_rate", 1e-3)}
-    return TorchModel(module, settings.get("loss"), optimizer, idim, n_classes, batch_size, source)
+    loss = settings.get("loss", "mse" if regression else None)
+    return TorchModel(module, loss, optimizer, idim, n_classes, batch_size, source, regression)
 
 
 # -- scikit-learn and XGBoost --------------------------------------------------------------------------------
@@ -318,7 +371,7 @@ class EstimatorModel(FrameworkModel):
         total, count = 0.0, 0
         for x, y, w in batches:
             if self.started:  # progressive validation: the loss on each chunk before learning from it
-                total += cross_entropy(class_probabilities(self.predict(x)), y) * len(y)
+                total += cross_entropy(class_probabilities(self.predict(x)), y, w) * len(y)
                 count += len(y)
             weights = {} if w is None else {"sample_weight": w}
             self.estimator.partial_fit(x, y, classes=np.arange(self.n_classes), **weights)
@@ -355,7 +408,7 @@ class EstimatorModel(FrameworkModel):
             ) from None
         if seen > self.max_sample:
             self.sample_note = f"trained on a random sample of {n} of {seen} training events"
-        return cross_entropy(class_probabilities(self.predict(x)), y)
+        return cross_entropy(class_probabilities(self.predict(x)), y, ws[:n] if weighted else None)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         probabilities = np.asarray(
@@ -410,11 +463,20 @@ TORCH_JSON_LOSSES = {
     "binary_crossentropy": "bce_with_logits",
     "sparse_categorical_crossentropy": "cross_entropy",
     "categorical_crossentropy": "cross_entropy",
+    "mse": "mse",
+    "mean_squared_error": "mse",
+    "mae": "l1",
+    "mean_absolute_error": "l1",
 }
 
 
 def build_torch_json_model(
-    data: Mapping[str, Any], idim: int, n_classes: int, source: str, check_layer: Any
+    data: Mapping[str, Any],
+    idim: int,
+    n_classes: int,
+    source: str,
+    check_layer: Any,
+    regression: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """A ``torch.nn.Sequential`` from a JSON model's layers (checked by ``check_layer``, the Keras builder's
     own checks), and its training options (loss, optimizer, learning rate)."""
@@ -448,15 +510,16 @@ def build_torch_json_model(
             name = TORCH_ACTIVATIONS[activation]
             modules.append(getattr(torch.nn, name)(dim=1) if name == "Softmax" else getattr(torch.nn, name)())
         last_activation = activation if kind in ("Dense", "Activation") else last_activation
-    loss = data.get("loss", "binary_crossentropy" if width == 1 else "sparse_categorical_crossentropy")
+    default = "binary_crossentropy" if width == 1 else "sparse_categorical_crossentropy"
+    loss = data.get("loss", "mse" if regression else default)
     if not isinstance(loss, str) or loss not in TORCH_JSON_LOSSES:
         raise BadInputError(
             f"{source}: loss {loss!r} is not available with PyTorch; known: {', '.join(TORCH_JSON_LOSSES)}"
         )
-    if last_activation in ("sigmoid", "softmax"):
-        modules.pop()  # trained on logits, squashed again when predicting and in the export
-    elif last_activation != "linear":
+    if last_activation not in ("sigmoid", "softmax", "linear"):
         raise BadInputError(f"{source}: the last layer's activation must be sigmoid, softmax or linear")
+    if last_activation != "linear" and TORCH_JSON_LOSSES[loss] not in ("mse", "l1"):
+        modules.pop()  # trained on logits, squashed again when predicting and in the export
     optimizer = data.get("optimizer", "adam")
     if not isinstance(optimizer, str | Mapping):
         raise BadInputError(f'{source}: "optimizer" is a name or an object with a "name", got {optimizer!r}')

@@ -1,6 +1,7 @@
 """The hold-out cache: validation and test events written to disk in the first pass, read back per epoch.
 
-Memory stays bounded by the block size, whatever the number of hold-out events. Disk use may be bounded too
+Memory stays bounded by the block size, whatever the number of hold-out events. Each event keeps its target
+(class index, or regression targets) and, in a weighted training, its weight. Disk use may be bounded too
 (issue 16): each event is then kept with the same probability, whatever its class, so that the sample keeps
 the classes' shares (a proportional, stratified sample), and a hard cap stops it at the bound; metrics.json
 states the sampling.
@@ -38,26 +39,30 @@ class HoldOut:
         self.name = name
         self.dim = dim
         self.block_rows = block_rows
-        self.blocks: list[tuple[Path, Path]] = []
+        self.blocks: list[tuple[Path, Path, Path | None]] = []
         self.events = 0
         self._x: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
+        self._w: list[np.ndarray] = []
         self._buffered = 0
 
-    def append(self, x: np.ndarray, y: np.ndarray) -> None:
+    def append(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> None:
         if len(y) == 0:
             return
         self.seen += len(y)
+        keep: np.ndarray | slice = slice(None)
         if self.keep_probability < 1.0:
-            keep = self.rng.random(len(y)) < self.keep_probability
-            x, y = x[keep], y[keep]
+            keep = np.flatnonzero(self.rng.random(len(y)) < self.keep_probability)
         if self.max_events is not None:
             room = max(self.max_events - self.events, 0)
-            x, y = x[:room], y[:room]
+            keep = np.arange(len(y))[keep][:room]
+        x, y = x[keep], y[keep]
         if len(y) == 0:
             return
         self._x.append(x)
         self._y.append(y)
+        if w is not None:
+            self._w.append(w[keep])
         self._buffered += len(y)
         self.events += len(y)
         if self._buffered >= self.block_rows:
@@ -67,14 +72,14 @@ class HoldOut:
         if not self._buffered:
             return
         index = len(self.blocks)
-        paths = (
-            self.directory / f"{self.name}-{index:05d}-x.npy",
-            self.directory / f"{self.name}-{index:05d}-y.npy",
-        )
+        stem = self.directory / f"{self.name}-{index:05d}"
+        paths = (Path(f"{stem}-x.npy"), Path(f"{stem}-y.npy"), Path(f"{stem}-w.npy") if self._w else None)
         np.save(paths[0], np.concatenate(self._x))
         np.save(paths[1], np.concatenate(self._y))
+        if paths[2] is not None:
+            np.save(paths[2], np.concatenate(self._w))
         self.blocks.append(paths)
-        self._x, self._y, self._buffered = [], [], 0
+        self._x, self._y, self._w, self._buffered = [], [], [], 0
 
     def sampling(self) -> dict[str, object] | None:
         """How the part was sampled, or None when every event was kept."""
@@ -88,15 +93,24 @@ class HoldOut:
         }
 
     def labels(self) -> np.ndarray:
+        """Every event's target: class indices, or a regression's [n, targets]."""
         self.flush()
         if not self.blocks:
             return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.load(y_path) for _, y_path in self.blocks])
+        return np.concatenate([np.load(y_path) for _, y_path, _ in self.blocks])
 
-    def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def weights(self) -> np.ndarray | None:
+        """Every event's weight, or None when the training is unweighted."""
         self.flush()
-        for x_path, y_path in self.blocks:
-            yield np.load(x_path, mmap_mode="r"), np.load(y_path)
+        if not self.blocks or self.blocks[0][2] is None:
+            return None
+        return np.concatenate([np.load(w_path) for _, _, w_path in self.blocks if w_path is not None])
+
+    def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(features, targets, weights or None) block by block."""
+        self.flush()
+        for x_path, y_path, w_path in self.blocks:
+            yield np.load(x_path, mmap_mode="r"), np.load(y_path), None if w_path is None else np.load(w_path)
 
 
 # -- the training run --------------------------------------------------------------------------------------

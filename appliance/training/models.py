@@ -1,5 +1,8 @@
 """The user's model: a Python file defining ``model(idim)``, or a declarative JSON model running no user code.
 
+One piece although above 400 lines: loading, building and checking a model against the data (classes or
+regression targets) are one contract, read together.
+
 A Python model file is the original MLaaS4HEP's contract: ``model(idim)`` returns a compiled Keras model whose
 input takes ``idim`` features. A JSON model describes a stack of layers, the loss, the optimizer and the
 metrics; it is built from a fixed list of Keras layers and options, so a user with no Python can train a
@@ -106,12 +109,19 @@ class TargetEncoding:
 
     ``binary``: one output unit, targets 0/1. ``sparse``: one unit per class, integer targets (sparse losses).
     ``onehot``: one unit per class, one-hot targets (categorical losses, as the original's examples use).
+    ``regression``: one unit per target branch, float targets (a regression loss such as ``mse``).
     """
 
     mode: str
     n_outputs: int
 
+    @property
+    def regression(self) -> bool:
+        return self.mode == "regression"
+
     def targets(self, y: np.ndarray, n_classes: int) -> np.ndarray:
+        if self.mode == "regression":
+            return y.astype(np.float32).reshape(len(y), -1)
         if self.mode == "binary":
             return y.astype(np.float32).reshape(-1, 1)
         if self.mode == "onehot":
@@ -140,8 +150,10 @@ def load_model(
     options: Mapping[str, Any] | None = None,
     batch_size: int = 100,
     seed: int = 0,
+    regression: bool = False,
 ) -> tuple[Any, TargetEncoding]:
-    """Build the user's model for ``idim`` inputs and check it fits the data's classes.
+    """Build the user's model for ``idim`` inputs and check it fits the data's classes (or, for a
+    ``regression``, its ``n_classes`` targets).
 
     A Keras model comes back compiled; a PyTorch module or an estimator comes back wrapped in a
     :class:`~appliance.training.frameworks.FrameworkModel` built with params.json's ``training`` ``options``.
@@ -153,18 +165,27 @@ def load_model(
     if path.suffix == ".json":
         data = _read_json_model(path)
         if _json_framework(data, source) == "torch":
-            module, settings = build_torch_json_model(data, idim, n_classes, source, check_json_layer)
+            module, settings = build_torch_json_model(
+                data, idim, n_classes, source, check_json_layer, regression
+            )
             options = {**training_options(options or {}, "params.json"), **settings}
-            wrapped: FrameworkModel = torch_model(module, options, idim, n_classes, batch_size, source)
+            wrapped: FrameworkModel = torch_model(
+                module, options, idim, n_classes, batch_size, source, regression
+            )
             return wrapped, _framework_encoding(wrapped, n_classes)
-        model: Any = build_json_model(data, idim, n_classes, source=source)
+        model: Any = build_json_model(data, idim, n_classes, source=source, regression=regression)
     else:
         model = _call_python_model(path, idim)
     if isinstance(model, keras.Model):
-        return model, check_model(model, idim, n_classes, source=source)
+        return model, check_model(model, idim, n_classes, source=source, regression=regression)
     options = training_options(options or {}, "params.json")
     if is_torch_module(model):
-        wrapped = torch_model(model, options, idim, n_classes, batch_size, source)
+        wrapped = torch_model(model, options, idim, n_classes, batch_size, source, regression)
+    elif regression:
+        raise BadInputError(
+            f"{source}: regression targets train Keras models and PyTorch modules; "
+            f"a {type(model).__name__} is not supported for them"
+        )
     else:
         wrapped = EstimatorModel(model, n_classes, options, seed, source)
     return wrapped, _framework_encoding(wrapped, n_classes)
@@ -172,6 +193,10 @@ def load_model(
 
 def _framework_encoding(model: FrameworkModel, n_classes: int) -> TargetEncoding:
     return TargetEncoding(model.encoding_mode, 1 if model.encoding_mode == "binary" else n_classes)
+
+
+# Keras loss names that train a classifier: refused for regression targets, which need e.g. "mse".
+CLASSIFICATION_LOSS_WORDS = ("crossentropy", "hinge", "focal")
 
 
 def preflight_model(path: str | Path) -> None:
@@ -243,8 +268,13 @@ def _read_json_model(path: Path) -> Any:
         raise BadInputError(f"model file {str(path)!r} is not valid JSON: {err}") from None
 
 
-def build_json_model(data: Any, idim: int, n_classes: int, source: str = "model.json") -> keras.Model:
-    """Build and compile a declarative model. Only the layers and options listed in this module exist."""
+def build_json_model(
+    data: Any, idim: int, n_classes: int, source: str = "model.json", regression: bool = False
+) -> keras.Model:
+    """Build and compile a declarative model. Only the layers and options listed in this module exist.
+
+    Its default loss is binary_crossentropy for one output unit, sparse_categorical_crossentropy for more, and
+    mse for a ``regression``."""
     if not isinstance(data, Mapping):
         raise BadInputError(f"{source}: a JSON model is an object with {', '.join(JSON_MODEL_KEYS)}")
     unknown = sorted(set(data) - set(JSON_MODEL_KEYS))
@@ -259,14 +289,15 @@ def build_json_model(data: Any, idim: int, n_classes: int, source: str = "model.
     layers += [_json_layer(layer, f"{source}: layer {i + 1}") for i, layer in enumerate(layers_data)]
     model = keras.Sequential(layers, name="json_model")
     last_units = model.output_shape[-1]
-    loss = data.get("loss", "binary_crossentropy" if last_units == 1 else "sparse_categorical_crossentropy")
+    default = "binary_crossentropy" if last_units == 1 else "sparse_categorical_crossentropy"
+    loss = data.get("loss", "mse" if regression else default)
     if not isinstance(loss, str):
         raise BadInputError(f'{source}: "loss" must be the name of a Keras loss, got {loss!r}')
     try:
         keras.losses.get(loss)
     except (ValueError, TypeError):
         raise BadInputError(f"{source}: unknown loss {loss!r}") from None
-    metrics = data.get("metrics", ["accuracy"])
+    metrics = data.get("metrics", [] if regression else ["accuracy"])
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
         raise BadInputError(f'{source}: "metrics" must be a list of metric names, got {metrics!r}')
     for metric in metrics:
@@ -348,8 +379,11 @@ def _json_optimizer(spec: Any, source: str) -> keras.optimizers.Optimizer:
         raise BadInputError(f"{source}: optimizer {name}: {_describe(err)}") from None
 
 
-def check_model(model: keras.Model, idim: int, n_classes: int, source: str = "model") -> TargetEncoding:
-    """Check the model takes ``idim`` inputs and has outputs for the classes; choose the target encoding."""
+def check_model(
+    model: keras.Model, idim: int, n_classes: int, source: str = "model", regression: bool = False
+) -> TargetEncoding:
+    """Check the model takes ``idim`` inputs and has outputs for the classes (or the ``n_classes`` targets
+    of a ``regression``); choose the target encoding."""
     if len(model.inputs if model.built else [None]) != 1:
         raise BadInputError(f"{source}: the model must have exactly one input, it has {len(model.inputs)}")
     try:
@@ -368,6 +402,8 @@ def check_model(model: keras.Model, idim: int, n_classes: int, source: str = "mo
     if len(shape) != 2:
         raise BadInputError(f"{source}: the model's output must be [batch, units], got shape {shape}")
     n_outputs = int(shape[1])
+    if regression:
+        return _check_regression(model, n_outputs, n_classes, source)
     if n_outputs == 1:
         if n_classes != 2:
             raise BadInputError(
@@ -380,6 +416,21 @@ def check_model(model: keras.Model, idim: int, n_classes: int, source: str = "mo
             f"{source}: the model has {n_outputs} output units but the data has {n_classes} classes"
         )
     return TargetEncoding("sparse" if "sparse" in _loss_name(model.loss) else "onehot", n_outputs)
+
+
+def _check_regression(model: keras.Model, n_outputs: int, n_targets: int, source: str) -> TargetEncoding:
+    if n_outputs != n_targets:
+        raise BadInputError(
+            f"{source}: the model has {n_outputs} output unit(s) but params.json's target names {n_targets} "
+            "branch(es); give one linear output unit per target"
+        )
+    loss = _loss_name(model.loss)
+    if any(word in loss for word in CLASSIFICATION_LOSS_WORDS):
+        raise BadInputError(
+            f"{source}: loss {loss!r} trains a classifier; regression targets need a regression loss "
+            "such as mse, mae or huber"
+        )
+    return TargetEncoding("regression", n_outputs)
 
 
 def _loss_name(loss: Any) -> str:

@@ -95,6 +95,12 @@ def _onnx_metrics(onnx: OnnxExport) -> dict[str, Any]:
     }
 
 
+def _target_bytes(stream: EventStream) -> int:
+    """Bytes per event the feature cache keeps beside the features: target(s) and weight."""
+    target = 4 * stream.n_classes if stream.regression else 8
+    return target + (4 if stream.weighted else 0)
+
+
 def refuse_nonfinite(spec: FeatureSpec) -> None:
     """NaN or infinite raw values would silently become ``nan_value``; a model trained on them is suspect."""
     bad = spec.nonfinite_branches()
@@ -164,6 +170,7 @@ def run_training(
         options=wf.params.training,
         batch_size=wf.params.batch_size,
         seed=wf.params.seed,
+        regression=stream.regression,
     )
     start_difference = start_from(user_model, init) if init is not None else None
     device = framework_device(user_model)
@@ -188,14 +195,14 @@ def run_training(
     fout.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".mlaas4hep-holdout-", dir=fout.parent))
     try:
-        cache = FeatureCache(workdir, spec.dim, cache_bound, wf.params.seed)
+        cache = FeatureCache(workdir, spec.dim, cache_bound, wf.params.seed, _target_bytes(stream))
         if wf.params.epochs > 1:
             cache.plan(int(stream.total_events * train_share))
         trainer = Trainer(stream, user_model, encoding, workdir, class_weights, report, cache, cache_bound)
         history = trainer.fit()
         report({"stage": "evaluate", "events": trainer.test.events, "time": now()})
-        test, roc = trainer.evaluate()
-        if init is not None:
+        test, plots = trainer.evaluate()
+        if init is not None and not stream.regression:
             test |= _init_model_metrics(init, trainer, encoding.probabilities, stream.class_names)
         onnx = None
         if isinstance(user_model, FrameworkModel):
@@ -226,7 +233,8 @@ def run_training(
         class_names=stream.class_names,
         metrics=metrics,
         history=history,
-        roc=roc,
+        roc=None if stream.regression else plots,
+        residuals=plots if stream.regression else None,
     )
     published, version = None, None
     if repository is not None:
@@ -291,6 +299,9 @@ def _metrics_document(
         "epochs": wf.params.epochs,
         "batch_size": wf.params.batch_size,
         "class_weight": class_weights,
+        "task": "regression" if stream.regression else "classification",
+        "targets": list(wf.params.target),
+        "weights": spec.dataset.get("weights"),
         "seconds": round(seconds, 3),
         "finished": now(),
     }

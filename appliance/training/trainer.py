@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
-from appliance.training.evaluation import roc_metrics
+from appliance.training.evaluation import regression_metrics, roc_metrics, weighted_accuracy
 from appliance.training.feature_cache import FeatureCache
 from appliance.training.frameworks import (
     Batch,
     FrameworkModel,
     class_probabilities,
     cross_entropy,
+    squared_error,
 )
 from appliance.training.holdout import HoldOut, bounded_holdout
 from appliance.training.models import TargetEncoding
@@ -79,6 +80,9 @@ class Trainer:
         self.encoding = encoding
         self.params = stream.wf.params
         self.class_weights = dict(class_weights) if class_weights else None
+        # Event weights (params.json's weight) reach the loss, the validation loss and the test metrics;
+        # class weights (class_weight) only the training loss, as before.
+        self.weighted = stream.weighted or self.class_weights is not None
         self.progress = progress or (lambda event: None)
         total, split = stream.total_events, self.params.split
         parts = {"validation": total * (1 - split) * self.params.validation_split, "test": total * split}
@@ -101,6 +105,7 @@ class Trainer:
             "binary": tf.TensorSpec([None, 1], tf.float32),
             "onehot": tf.TensorSpec([None, n], tf.float32),
             "sparse": tf.TensorSpec([None], tf.int64),
+            "regression": tf.TensorSpec([None, n], tf.float32),
         }[self.encoding.mode]
         spec = (tf.TensorSpec([None, self.stream.dim], tf.float32), target)
         return (*spec, tf.TensorSpec([None], tf.float32)) if weighted else spec
@@ -128,17 +133,19 @@ class Trainer:
         if failure is not None:
             raise failure
 
-    def _weights(self, y: np.ndarray) -> np.ndarray:
-        assert self.class_weights is not None
+    def _weights(self, y: np.ndarray, w: np.ndarray | None) -> np.ndarray | None:
+        """The training loss's sample weights: event weights times class weights, or None (unweighted)."""
+        if self.class_weights is None:
+            return w
         table = np.asarray(
             [self.class_weights.get(i, 1.0) for i in range(self.stream.n_classes)], dtype=np.float32
         )
-        return table[y]
+        return table[y] if w is None else table[y] * w
 
     def train_dataset(self, epoch: int, counter: EpochCounter) -> Any:
         """The training events of one pass; the first pass also fills the validation and test caches."""
         n_classes = self.stream.n_classes
-        weighted = self.class_weights is not None
+        weighted = self.weighted
 
         def generate() -> Iterator[tuple[np.ndarray, ...]]:
             for x, y, weights in self.train_arrays(epoch, counter):
@@ -150,27 +157,27 @@ class Trainer:
     def train_arrays(self, epoch: int, counter: EpochCounter) -> Iterator[Batch]:
         """(features, class indices, sample weights or None) of the training events of one pass; the first
         pass also fills the validation and test caches."""
-        weighted = self.class_weights is not None
         if epoch > 0 and self.cache is not None and self.cache.ready:
-            for x, y in self.cache.blocks(epoch):
+            for x, y, w in self.cache.blocks(epoch):
                 counter.cached += len(y)
                 counter.trained += len(y)
-                yield x, y, (self._weights(y) if weighted else None)
+                yield x, y, self._weights(y, w)
             return
         first_pass = epoch == 0
         caching = first_pass and self.cache is not None and self.cache.writing
         for chunk in self.stream.chunks(epoch=epoch):
             counter.read += len(chunk)
             if first_pass:
-                self.validation.append(*chunk.part(VALIDATION))
-                self.test.append(*chunk.part(TEST))
+                self.validation.append(*chunk.part(VALIDATION), chunk.weights(VALIDATION))
+                self.test.append(*chunk.part(TEST), chunk.weights(TEST))
             x, y = chunk.part(TRAIN)
+            w = chunk.weights(TRAIN)
             if len(y) == 0:
                 continue
             if caching:
-                self.cache.append(x, y)  # type: ignore[union-attr]
+                self.cache.append(x, y, w)  # type: ignore[union-attr]
             counter.trained += len(y)
-            yield x, y, (self._weights(y) if weighted else None)
+            yield x, y, self._weights(y, w)
         if first_pass:
             self.validation.flush()
             self.test.flush()
@@ -178,12 +185,19 @@ class Trainer:
                 self.cache.finish()  # type: ignore[union-attr]
 
     def holdout_dataset(self, holdout: HoldOut, with_targets: bool = True) -> Any:
+        """A hold-out part for Keras: features, targets and (weighted training) event weights."""
         n_classes = self.stream.n_classes
-        signature = self._signature(weighted=False)
+        weighted = self.stream.weighted
+        signature = self._signature(weighted=weighted)
 
         def generate() -> Iterator[Any]:
-            for x, y in holdout.arrays():
-                yield (np.asarray(x), self.encoding.targets(y, n_classes)) if with_targets else np.asarray(x)
+            for x, y, w in holdout.arrays():
+                if not with_targets:
+                    yield np.asarray(x)
+                elif weighted:
+                    yield np.asarray(x), self.encoding.targets(y, n_classes), w
+                else:
+                    yield np.asarray(x), self.encoding.targets(y, n_classes)
 
         return self._batched(generate, signature if with_targets else signature[0])
 
@@ -244,15 +258,17 @@ class Trainer:
         return _number(self.model.train_epoch(self.train_arrays(epoch, counter), epoch))
 
     def _framework_outputs(self, holdout: HoldOut) -> np.ndarray:
-        parts = [self.model.predict(np.asarray(x)) for x, _ in holdout.arrays()]
+        parts = [self.model.predict(np.asarray(x)) for x, _, _ in holdout.arrays()]
         return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
 
     def _evaluate(self, holdout: HoldOut) -> dict[str, float | None]:
         if isinstance(self.model, FrameworkModel):
-            y = holdout.labels()
+            y, w = holdout.labels(), holdout.weights()
+            if self.encoding.regression:
+                return {"loss": squared_error(self._framework_outputs(holdout), y, w)}
             probabilities = class_probabilities(self._framework_outputs(holdout))
             return {
-                "loss": cross_entropy(probabilities, y),
+                "loss": cross_entropy(probabilities, y, w),
                 "accuracy": float(np.mean(np.argmax(probabilities, axis=1) == y)),
             }
         with _quiet_end_of_data():
@@ -263,7 +279,7 @@ class Trainer:
     def test_features(self, limit: int) -> np.ndarray:
         """The first ``limit`` test events' features (to check an exported model against)."""
         parts, held = [], 0
-        for x, _ in self.test.arrays():
+        for x, _, _ in self.test.arrays():
             parts.append(np.asarray(x[: limit - held]))
             held += len(parts[-1])
             if held >= limit:
@@ -277,23 +293,37 @@ class Trainer:
                 "lower split / validation_split or read more events (nevts)"
             )
 
+    def test_outputs(self) -> np.ndarray:
+        """The model's outputs on the test part, in the order of ``self.test``."""
+        if isinstance(self.model, FrameworkModel):
+            return self._framework_outputs(self.test)
+        with _quiet_end_of_data():
+            outputs = self.model.predict(self.holdout_dataset(self.test, with_targets=False), verbose=0)
+        self._raise_failure()
+        return np.asarray(outputs)
+
     def evaluate(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Test metrics (loss, accuracy, ROC AUC) on the test part, and the ROC curves to plot."""
-        y = self.test.labels()
+        """Test metrics on the test part, and what to plot: for a classifier loss, accuracy, ROC AUC (and
+        weighted ones) and the ROC curves; for a regression loss, RMSE and residuals."""
+        y, w = self.test.labels(), self.test.weights()
         if len(y) == 0:
             return {"events": 0}, None
         scores = self._evaluate(self.test)
-        if isinstance(self.model, FrameworkModel):
-            outputs = self._framework_outputs(self.test)
-        else:
-            with _quiet_end_of_data():
-                outputs = self.model.predict(self.holdout_dataset(self.test, with_targets=False), verbose=0)
-            self._raise_failure()
-        probabilities = self.encoding.probabilities(outputs)
+        outputs = self.test_outputs()
         metrics: dict[str, Any] = {"events": len(y), **scores}
+        if w is not None:
+            metrics["sum_of_weights"] = float(w.sum())
+        if self.encoding.regression:
+            predictions = np.asarray(outputs, dtype=np.float64).reshape(len(y), -1)
+            names = self.stream.class_names
+            errors, residuals = regression_metrics(y, predictions, names, w, self.params.seed)
+            return metrics | errors, residuals
+        probabilities = self.encoding.probabilities(outputs)
         metrics["accuracy"] = float(np.mean(np.argmax(probabilities, axis=1) == y))
+        if w is not None:
+            metrics["accuracy_weighted"] = weighted_accuracy(y, probabilities, w)
         metrics["class_events"] = np.bincount(y, minlength=self.stream.n_classes).tolist()
-        auc, roc = roc_metrics(y, probabilities, self.stream.class_names)
+        auc, roc = roc_metrics(y, probabilities, self.stream.class_names, w)
         metrics |= auc
         return metrics, roc
 

@@ -292,7 +292,7 @@ def old_model_metrics(
     class_names: list[str],
 ) -> dict[str, Any]:
     """init_model's test metrics on the new run's test events (loss is the cross-entropy)."""
-    outputs = [np.asarray(predict(np.asarray(x)), dtype=np.float32) for x, _ in batches]
+    outputs = [np.asarray(predict(np.asarray(x)), dtype=np.float32) for x, *_ in batches]
     if not outputs or len(y) == 0:
         return {"events": 0}
     p = probabilities(np.concatenate(outputs))
