@@ -18,6 +18,8 @@ from servicecore.errors import BadInputError
 from servicecore.naming import check_name, versions
 
 BRANCH_CHARACTERS = re.compile(r"[^A-Za-z0-9_]")
+SAVED_MODEL = "saved_model.pb"
+ONNX_MODEL = "model.onnx"  # PyTorch, scikit-learn and XGBoost bundles (appliance.training.bundle)
 
 
 @dataclass
@@ -29,6 +31,11 @@ class ModelBundle:
     labels: list[str]
     spec: FeatureSpec
     preproc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> str:
+        """The file that holds the model: ``saved_model.pb`` (TensorFlow) or ``model.onnx``."""
+        return ONNX_MODEL if self.params.get("model") == ONNX_MODEL else SAVED_MODEL
 
     @property
     def tree(self) -> str:
@@ -76,8 +83,10 @@ def resolve_bundle(model: str | None, models_dir: str | Path | None, bundle: str
     """The bundle directory named by ``--bundle PATH`` or by ``--model NAME[/VERSION] --models-dir REPO``."""
     if bundle is not None:
         path = Path(bundle)
-        if not (path / "saved_model.pb").is_file():
-            raise BadInputError(f"{str(path)!r} is not a model bundle (no saved_model.pb)")
+        if not is_bundle(path):
+            raise BadInputError(
+                f"{str(path)!r} is not a model bundle (no params.json with saved_model.pb or model.onnx)"
+            )
         return path.absolute()
     if not model or models_dir is None:
         raise BadInputError("name the model: --bundle PATH, or --model NAME[/VERSION] with --models-dir")
@@ -89,14 +98,20 @@ def resolve_bundle(model: str | None, models_dir: str | Path | None, bundle: str
             raise BadInputError(f"model version must be a positive integer, got {version_text!r}")
         version = int(version_text)
         path = model_dir / str(version)
-        if version == 1 and not path.is_dir() and (model_dir / "saved_model.pb").is_file():
+        if version == 1 and not path.is_dir() and (model_dir / SAVED_MODEL).is_file():
             path = model_dir
     else:
         present = versions(model_dir)
         path = model_dir / str(present[-1]) if present else model_dir
-    if not (path / "saved_model.pb").is_file():
+    if not is_bundle(path):
         raise BadInputError(f"model {model!r} not found in the model repository {str(models_dir)!r}")
     return path.absolute()
+
+
+def is_bundle(path: Path) -> bool:
+    """A bundle directory: a params.json (``load_bundle`` then says what it lacks, a model the training marked
+    not servable included), or the SavedModel of an original TFaaS bundle."""
+    return (path / "params.json").is_file() or (path / SAVED_MODEL).is_file()
 
 
 def load_bundle(path: str | Path) -> ModelBundle:
@@ -112,6 +127,12 @@ def load_bundle(path: str | Path) -> ModelBundle:
         raise BadInputError(
             f"model bundle {str(path)!r} carries no feature spec (params.json 'features'): "
             "batch inference needs a bundle written by mlaas4hep train"
+        )
+    if params.get("servable") is False:
+        reason = params.get("unservable_reason") or "no reason recorded"
+        raise BadInputError(
+            f"model {params.get('name') or path.name!r} has no model to apply: its training marked it not "
+            f"servable ({reason})"
         )
     labels_file = path / str(params.get("labels") or "labels.txt")
     labels = labels_file.read_text().split("\n") if labels_file.is_file() else []

@@ -2,7 +2,8 @@
 
 Tasks get plain values (URLs, the bundle's path, entry numbers) and return NumPy arrays, so they run the same
 on a local cluster and on a remote scheduler's workers (which must see the bundle path and the files' URLs).
-Each worker process loads a bundle's SavedModel once and keeps it (its threads share it).
+Each worker process loads a bundle's model once and keeps it (its threads share it): a TensorFlow SavedModel,
+or the ``model.onnx`` of a PyTorch, scikit-learn or XGBoost bundle, run with onnxruntime as TFaaS runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from appliance.data.sources import column_kinds, column_type, iterate, open_tree
 from appliance.data.specs import passing_events
-from appliance.inference.bundle import ModelBundle, load_bundle
+from appliance.inference.bundle import ONNX_MODEL, ModelBundle, load_bundle
 from servicecore.errors import BadInputError
 
 
@@ -46,14 +47,16 @@ class LoadedModel:
     bundle: ModelBundle
     run: Any  # float32 [n, dim] -> float32 [n, n_outputs]
     n_outputs: int
-    saved_model: Any  # kept alive: the signature refers to it
+    saved_model: Any  # kept alive: the signature refers to it (an onnxruntime session for ONNX)
 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int) -> LoadedModel:
+    bundle = load_bundle(path)
+    if bundle.runtime == ONNX_MODEL:
+        return _load_onnx(bundle)
     import tensorflow as tf
 
-    bundle = load_bundle(path)
     try:
         loaded = tf.saved_model.load(path)
     except Exception as err:  # TensorFlow raises many types for a corrupt or foreign SavedModel
@@ -66,12 +69,7 @@ def _load(path: str, mtime_ns: int) -> LoadedModel:
     outputs = signature.structured_outputs
     input_name = _pick(bundle.params, ("input_name", "inputNode"), inputs)
     output_name = _pick(bundle.params, ("output_name", "outputNode"), outputs)
-    dim = inputs[input_name].shape[-1]
-    if dim != bundle.spec.dim:
-        raise BadInputError(
-            f"model {bundle.name!r}: its feature spec gives {bundle.spec.dim} columns but the SavedModel "
-            f"takes {dim}"
-        )
+    _check_dim(bundle, inputs[input_name].shape[-1], "SavedModel")
     shape = outputs[output_name].shape
     n_outputs = int(shape[-1]) if shape.rank == 2 and shape[-1] is not None else 1
 
@@ -80,6 +78,45 @@ def _load(path: str, mtime_ns: int) -> LoadedModel:
         return np.asarray(result.numpy(), dtype=np.float32).reshape(len(matrix), -1)
 
     return LoadedModel(bundle, run, n_outputs, loaded)
+
+
+def _load_onnx(bundle: ModelBundle) -> LoadedModel:
+    """A PyTorch, scikit-learn or XGBoost bundle's ``model.onnx``, run with onnxruntime as TFaaS runs it
+    (one intra-op thread: the Dask workers are the parallelism)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session = onnxruntime.InferenceSession(
+            str(bundle.path / ONNX_MODEL), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:  # onnxruntime raises its own types for a corrupt or foreign file
+        raise BadInputError(f"model {bundle.name!r} is not a loadable ONNX model: {err}") from None
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    input_name = _pick(bundle.params, ("input_name", "inputNode"), inputs)
+    output_name = _pick(bundle.params, ("output_name", "outputNode"), outputs)
+    shape = inputs[input_name].shape
+    _check_dim(bundle, shape[-1] if len(shape) == 2 else None, "ONNX model")
+
+    def run(matrix: np.ndarray) -> np.ndarray:
+        feed = {input_name: np.ascontiguousarray(matrix, dtype=np.float32)}
+        result = session.run([output_name], feed)[0]
+        return np.asarray(result, dtype=np.float32).reshape(len(matrix), -1)
+
+    # The output's width may be dynamic in the graph: one row of zeros says it.
+    n_outputs = run(np.zeros((1, bundle.spec.dim), dtype=np.float32)).shape[1]
+    return LoadedModel(bundle, run, n_outputs, session)
+
+
+def _check_dim(bundle: ModelBundle, dim: Any, what: str) -> None:
+    if dim != bundle.spec.dim:
+        raise BadInputError(
+            f"model {bundle.name!r}: its feature spec gives {bundle.spec.dim} columns but the {what} "
+            f"takes {dim}"
+        )
 
 
 def _pick(params: dict[str, Any], keys: tuple[str, ...], available: dict[str, Any]) -> str:
