@@ -4,7 +4,7 @@
 
 1. NanoAOD-shaped ttH(bb) and ttbar files (``samples.py``): one pair to train on, an independent pair to test.
 2. ``mlaas4hep train`` on the first pair (``params.json``, ``preproc.json``, ``model.json`` beside this file),
-   published into ``OUT/models`` as ``example.tth``.
+   weighted with ``genWeight``, published into ``OUT/models`` as ``example.tth``.
 3. ``mlaas4hep predict`` on the test pair: one friend tree of scores per file in ``OUT/friends``.
 4. ``compare.py``: the model against the cut-based selection at the same signal efficiency, printed, and
    plotted into ``OUT/comparison.png``; the numbers also go to ``OUT/comparison.json``.
