@@ -328,17 +328,24 @@ def torch_model(
 
 
 class EstimatorModel(FrameworkModel):
-    """A classifier with ``predict_proba``: ``partial_fit`` per chunk, else ``fit`` once on a bounded
-    sample."""
+    """A classifier with ``predict_proba`` (or, for regression targets, a regressor with ``predict``):
+    ``partial_fit`` per chunk, else ``fit`` once on a bounded sample."""
 
     def __init__(
-        self, estimator: Any, n_classes: int, options: Mapping[str, Any], seed: int, source: str
+        self,
+        estimator: Any,
+        n_classes: int,
+        options: Mapping[str, Any],
+        seed: int,
+        source: str,
+        regression: bool = False,
     ) -> None:
         self.estimator = estimator
-        self.n_classes = n_classes
+        self.n_classes = n_classes  # the number of targets of a regression
         self.source = source
+        self.regression = regression
         self.framework = "xgboost" if type(estimator).__module__.startswith("xgboost") else "sklearn"
-        self.encoding_mode = "binary" if n_classes == 2 else "sparse"
+        self.encoding_mode = "regression" if regression else "binary" if n_classes == 2 else "sparse"
         self.streaming = hasattr(estimator, "partial_fit")
         self.single_pass = not self.streaming
         self.max_sample = int(options.get("max_sample_events", DEFAULT_MAX_SAMPLE_EVENTS))
@@ -371,17 +378,23 @@ class EstimatorModel(FrameworkModel):
         total, count = 0.0, 0
         for x, y, w in batches:
             if self.started:  # progressive validation: the loss on each chunk before learning from it
-                total += cross_entropy(class_probabilities(self.predict(x)), y, w) * len(y)
+                total += self._loss(x, y, w) * len(y)
                 count += len(y)
-            weights = {} if w is None else {"sample_weight": w}
-            self.estimator.partial_fit(x, y, classes=np.arange(self.n_classes), **weights)
+            options: dict[str, Any] = {} if w is None else {"sample_weight": w}
+            if not self.regression:
+                options["classes"] = np.arange(self.n_classes)
+            self.estimator.partial_fit(x, self._fit_targets(y), **options)
             self.started = True
         return total / count if count else None
 
     def _fit_sample(self, batches: Iterator[Batch]) -> float | None:
         """Reservoir-sample at most ``max_sample`` training events of the pass, then ``fit`` once."""
         xs: np.ndarray | None = None
-        ys = np.zeros(self.max_sample, dtype=np.int64)
+        ys = (
+            np.zeros((self.max_sample, self.n_classes), dtype=np.float32)
+            if self.regression
+            else np.zeros(self.max_sample, dtype=np.int64)
+        )
         ws = np.ones(self.max_sample, dtype=np.float32)
         weighted, seen = False, 0
         for x, y, w in batches:
@@ -401,16 +414,28 @@ class EstimatorModel(FrameworkModel):
         x, y = xs[:n], ys[:n]
         fit_options = {"sample_weight": ws[:n]} if weighted else {}
         try:
-            self.estimator.fit(x, y, **fit_options, **self.fit_options)
+            self.estimator.fit(x, self._fit_targets(y), **fit_options, **self.fit_options)
         except (ValueError, TypeError) as err:
             raise BadInputError(
                 f"{self.source}: {type(self.estimator).__name__}.fit failed: {_describe(err)}"
             ) from None
         if seen > self.max_sample:
             self.sample_note = f"trained on a random sample of {n} of {seen} training events"
-        return cross_entropy(class_probabilities(self.predict(x)), y, ws[:n] if weighted else None)
+        return self._loss(x, y, ws[:n] if weighted else None)
+
+    def _fit_targets(self, y: np.ndarray) -> np.ndarray:
+        """Class indices, or a regression's targets: 1-D for one target, as scikit-learn's regressors want."""
+        return y[:, 0] if self.regression and y.shape[1] == 1 else y
+
+    def _loss(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+        if self.regression:
+            return squared_error(self.predict(x), y, w)
+        return cross_entropy(class_probabilities(self.predict(x)), y, w)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.regression:
+            values = self.estimator.predict(np.asarray(x, dtype=np.float32))
+            return np.asarray(values, dtype=np.float32).reshape(len(x), -1)
         probabilities = np.asarray(
             self.estimator.predict_proba(np.asarray(x, dtype=np.float32)), dtype=np.float32
         )
@@ -419,6 +444,11 @@ class EstimatorModel(FrameworkModel):
 
 def is_estimator(value: Any) -> bool:
     return hasattr(value, "fit") and hasattr(value, "predict_proba") and hasattr(value, "get_params")
+
+
+def is_regressor(value: Any) -> bool:
+    """A scikit-learn or XGBoost estimator without class probabilities: one for regression targets."""
+    return hasattr(value, "fit") and hasattr(value, "predict") and hasattr(value, "get_params")
 
 
 def is_torch_module(value: Any) -> bool:

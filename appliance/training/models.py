@@ -37,6 +37,7 @@ from appliance.training.frameworks import (
     FrameworkModel,
     build_torch_json_model,
     is_estimator,
+    is_regressor,
     is_torch_module,
     torch_model,
     training_options,
@@ -181,13 +182,13 @@ def load_model(
     options = training_options(options or {}, "params.json")
     if is_torch_module(model):
         wrapped = torch_model(model, options, idim, n_classes, batch_size, source, regression)
-    elif regression:
+    elif not regression and not is_estimator(model):
         raise BadInputError(
-            f"{source}: regression targets train Keras models and PyTorch modules; "
-            f"a {type(model).__name__} is not supported for them"
+            f"{source}: {type(model).__name__} has no predict_proba: it is no classifier; for regression "
+            "targets set target in params.json"
         )
     else:
-        wrapped = EstimatorModel(model, n_classes, options, seed, source)
+        wrapped = EstimatorModel(model, n_classes, options, seed, source, regression)
     return wrapped, _framework_encoding(wrapped, n_classes)
 
 
@@ -241,7 +242,7 @@ def _call_python_model(path: Path, idim: int) -> Any:
         model = factory(idim)
     except (Exception, SystemExit) as err:
         raise BadInputError(f"model file {str(path)!r}: model({idim}) raised {_describe(err)}") from None
-    if is_torch_module(model) or (is_estimator(model) and not isinstance(model, keras.Model)):
+    if is_torch_module(model) or (is_regressor(model) and not isinstance(model, keras.Model)):
         return model
     if not isinstance(model, keras.Model):
         raise BadInputError(

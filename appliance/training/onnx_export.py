@@ -102,7 +102,8 @@ def _convert_torch(model: TorchModel, dim: int) -> bytes:
 
 
 def _convert_estimator(model: EstimatorModel, dim: int) -> bytes:
-    """skl2onnx or onnxmltools, then the probabilities renamed ``outputs`` (binary: column 1 only)."""
+    """skl2onnx or onnxmltools, then the probabilities (binary: column 1 only), or a regressor's predictions,
+    renamed ``outputs``."""
     import onnx
     from onnx import helper
 
@@ -120,15 +121,18 @@ def _convert_estimator(model: EstimatorModel, dim: int) -> bytes:
         graph_model = convert_sklearn(
             model.estimator,
             initial_types=[(INPUT_NAME, SklFloatTensorType([None, dim]))],
-            options={id(model.estimator): {"zipmap": False}},
+            options={} if model.regression else {id(model.estimator): {"zipmap": False}},
             target_opset={"": OPSET, "ai.onnx.ml": 3},
         )
     if not any(o.domain in ("", "ai.onnx") for o in graph_model.opset_import):
         # A tree ensemble's graph may use only the ai.onnx.ml domain; the Slice below needs the default one.
         graph_model.opset_import.append(helper.make_opsetid("", BASE_OPSET_FOR_ML_GRAPHS))
     graph = graph_model.graph
-    probabilities = graph.output[1].name  # converters output (label, probabilities)
-    if model.n_classes == 2:
+    if model.regression:  # a regressor's converter outputs the predictions alone
+        node = helper.make_node("Identity", [graph.output[0].name], [OUTPUT_NAME])
+        width = model.n_classes
+    elif model.n_classes == 2:
+        probabilities = graph.output[1].name  # converters output (label, probabilities)
         starts = helper.make_tensor("outputs_start", onnx.TensorProto.INT64, [1], [1])
         ends = helper.make_tensor("outputs_end", onnx.TensorProto.INT64, [1], [2])
         axes = helper.make_tensor("outputs_axis", onnx.TensorProto.INT64, [1], [1])
@@ -138,6 +142,7 @@ def _convert_estimator(model: EstimatorModel, dim: int) -> bytes:
         )
         width = 1
     else:
+        probabilities = graph.output[1].name
         node = helper.make_node("Identity", [probabilities], [OUTPUT_NAME])
         width = model.n_classes
     graph.node.append(node)

@@ -15,6 +15,8 @@ import uproot
 from appliance.data.features import FeatureSpec
 from appliance.data.streaming import TEST, assign_split, uniform_hash
 from appliance.training.evaluation import regression_metrics, roc_metrics
+from appliance.training.feature_cache import FeatureCache
+from appliance.training.holdout import HoldOut
 from appliance.training.run import run_training
 from servicecore.errors import BadInputError
 from tests.training.conftest import write_workflow
@@ -102,6 +104,30 @@ def test_rmse_per_target_and_weighted() -> None:
     assert len(plot["a"]["target"]) == 3
 
 
+def test_the_feature_cache_and_hold_out_parts_keep_weights_and_targets_with_their_rows(tmp_path) -> None:
+    dim, rows = 2, 6000
+    x = np.arange(rows * dim, dtype=np.float32).reshape(rows, dim)
+    targets = np.column_stack([np.arange(rows), -np.arange(rows)]).astype(np.float32)  # a regression's
+    weights = (np.arange(rows) * 0.5).astype(np.float32)
+    cache = FeatureCache(tmp_path, dim, rows * (dim * 4 + 12), seed=3, label_bytes=12)
+    holdout = HoldOut(tmp_path, "test", dim, block_rows=1000, keep_probability=0.5, seed=3)
+    assert cache.plan(rows)
+    for start in range(0, rows, 700):
+        part = slice(start, start + 700)
+        cache.append(x[part], targets[part], weights[part])
+        holdout.append(x[part], targets[part], weights[part])
+    cache.finish()
+    blocks = list(cache.blocks(1))
+    index = (np.concatenate([b[0] for b in blocks])[:, 0] / dim).astype(int)
+    assert sorted(index.tolist()) == list(range(rows))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), targets[index])
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in blocks]), weights[index])
+    kept = (np.concatenate([b[0] for b in holdout.arrays()])[:, 0] / dim).astype(int)
+    assert 0.4 * rows < len(kept) < 0.6 * rows  # sampled ...
+    np.testing.assert_array_equal(holdout.labels(), targets[kept])  # ... with targets and weights alike
+    np.testing.assert_array_equal(holdout.weights(), weights[kept])
+
+
 @pytest.mark.slow
 def test_a_weighted_training_reports_the_weighted_auc_of_its_test_events(tmp_path, files) -> None:
     """The weighted AUC in metrics.json equals scikit-learn's on the test events' scores (the bundle's own
@@ -177,6 +203,30 @@ def test_a_weighted_torch_regression_trains(tmp_path, files) -> None:
     test = result["metrics"]
     assert test["rmse"] < test["rmse_per_target"]["energy"]["target_std"]
     assert "rmse_weighted" in test
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "from sklearn.linear_model import SGDRegressor as E\nARGS = dict(random_state=0, eta0=0.01)",
+        "from xgboost import XGBRegressor as E\nARGS = dict(n_estimators=30, max_depth=3)",
+    ],
+)
+def test_weighted_estimator_regressions_train_and_export_servable_onnx(tmp_path, files, estimator) -> None:
+    model = f"{estimator}\n\ndef model(idim):\n    return E(**ARGS)\n"
+    params = {"target": ["energy"], "weight": "genWeight", "epochs": 2, "normalisation": "standard"}
+    workflow = write_workflow(
+        tmp_path / "wf", [files["signal"], files["background"]], [0, 0], params=params, model=model,
+        model_suffix=".py",
+    )  # fmt: skip
+    result = run_training(**workflow.kwargs(fout=tmp_path / "out" / "e"))
+    document = json.loads((Path(result["bundle"]) / "metrics.json").read_text())
+    test = document["test"]
+    assert test["rmse"] < 0.5 * test["rmse_per_target"]["energy"]["target_std"]
+    assert "rmse_weighted" in test
+    assert document["onnx"]["servable"], document["onnx"]["reason"]
+    assert (Path(result["bundle"]) / "model.onnx").is_file()
 
 
 # -- bad input -------------------------------------------------------------------------------------------
