@@ -95,8 +95,11 @@ def describe_progress(event: Mapping[str, Any]) -> str:
         return f"publishing {event['name']} into {event['repository']}"
     if stage == "done":
         test = event.get("metrics") or {}
+        if "rmse" in test:  # a regression
+            return f"done: {event['bundle']} (test loss {test.get('loss')}, RMSE {test.get('rmse')})"
+        weighted = f", weighted AUC {test['auc_weighted']}" if "auc_weighted" in test else ""
         return (
             f"done: {event['bundle']} (test loss {test.get('loss')}, accuracy {test.get('accuracy')}, "
-            f"AUC {test.get('auc')})"
+            f"AUC {test.get('auc')}{weighted})"
         )
     return json.dumps(dict(event), default=str)

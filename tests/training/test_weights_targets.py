@@ -92,6 +92,15 @@ def test_weighted_roc_and_auc_equal_scikit_learns_on_the_same_scores_and_weights
     assert metrics3["auc_weighted"] == pytest.approx(expected, abs=1e-12)
 
 
+def test_the_terminal_line_at_the_end_names_rmse_or_the_weighted_auc() -> None:
+    from appliance.training.command import describe_progress
+
+    done = {"stage": "done", "bundle": "b"}
+    assert "RMSE 0.5" in describe_progress({**done, "metrics": {"loss": 0.25, "rmse": 0.5}})
+    line = describe_progress({**done, "metrics": {"loss": 0.3, "auc": 0.8, "auc_weighted": 0.75}})
+    assert "AUC 0.8" in line and "weighted AUC 0.75" in line
+
+
 def test_rmse_per_target_and_weighted() -> None:
     targets = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 1.0]])
     predictions = targets + np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 2.0]])
