@@ -31,7 +31,6 @@ from appliance.server.context import job_queue
 from appliance.server.jobdir import PRIVATE_MODE, JobDir
 from appliance.server.predict_worker import PREDICT, TRAIN
 from appliance.server.queue import new_job_id
-from appliance.server.resources import Resources
 from appliance.server.store import QUEUED, Job
 from appliance.server.submission import (
     XROOTD_SCHEMES,
@@ -43,6 +42,7 @@ from appliance.server.submission import (
     _resolve_entry,
     _upload_dir,
     quota_left,
+    requested_resources,
 )
 from servicecore.errors import BadInputError, NotFoundError
 from servicecore.naming import model_name, owner_namespace, owns
@@ -76,8 +76,9 @@ def submit_predict(owner: str, body: Mapping[str, Any], source: Path | None) -> 
     if missing:
         raise BadInputError(f"missing field(s) {', '.join(missing)}")
     name, version, bundle_dir = own_model(owner, body["model"], config.model_repository)
+    short_name = name.partition(".")[2] or name
     fout = _destination(body.get("fout"))
-    resources = Resources.from_request(body, config)
+    resources = requested_resources(body)
     quota_left(owner)
     if source is None:
         source = _upload_dir(owner, body.get("upload"))
@@ -99,7 +100,8 @@ def submit_predict(owner: str, body: Mapping[str, Any], source: Path | None) -> 
     job = Job(
         id=job_id,
         owner=owner,
-        name=name.partition(".")[2] or name,
+        # The job's own label (the prototype's /submit requires one); by default the model's short name.
+        name=body.get("name") if isinstance(body.get("name"), str) and body.get("name") else short_name,
         model_name=name,
         state=QUEUED,
         resources=resources.__dict__,

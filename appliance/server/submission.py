@@ -119,9 +119,7 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     name = body.get("name") or "model"
     if not isinstance(name, str):
         raise BadInputError(f"name must be a string, got {name!r}")
-    resources = Resources.from_request(body, config)
-    if resources.device == "gpu":
-        require_gpu_worker(queue.store.live_workers(config.stale_after_s))
+    resources = requested_resources(body)
     init = _init_model(owner, body.get("init_model"), config.model_repository)
     if init is not None:
         if body.get("name") and model_name(owner, name) != init.name:
@@ -159,6 +157,15 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     queue.submit(job)
     log.info("job %s queued for %s (%s)", job_id, owner, job.model_name)
     return job
+
+
+def requested_resources(body: Mapping[str, Any]) -> Resources:
+    """The resources a job asks for, within the limits; a GPU only while some live worker has one."""
+    queue = job_queue()
+    resources = Resources.from_request(body, queue.settings)
+    if resources.device == "gpu":
+        require_gpu_worker(queue.store.live_workers(queue.settings.stale_after_s))
+    return resources
 
 
 def _write_inputs(
