@@ -243,3 +243,51 @@ def test_services_accept_a_policy_that_names_who_may_call(preflight, tmp_path, r
     base = {key: value for key, value in base.items() if not key.endswith("_owner_sub")}
     given = {key.format(role=role): value for key, value in variables.items()}
     assert_accepted(preflight(role, **base, **given))
+
+
+@pytest.mark.parametrize(
+    ("rules", "accepted"),
+    [
+        ([{"port": 6379, "sources": ["10.0.0.11", "fd00::11"]}], True),
+        ([{"port": 6379, "sources": []}], True),  # no worker: opens nothing
+        ([{"port": 6379, "sources": ["0.0.0.0/0"]}], False),
+        ([{"port": 6379, "sources": ["worker-1.example.org"]}], False),
+        ([{"port": 6379}], False),
+        ([{"port": 0, "sources": ["10.0.0.11"]}], False),
+    ],
+    ids=["addresses", "no-source", "every-address", "name", "no-sources-key", "bad-port"],
+)
+def test_appliance_base_opens_private_ports_to_addresses_only(preflight, rules, accepted):
+    result = preflight("appliance_base", appliance_base_private_tcp_ports=rules)
+    output = result.stdout + result.stderr
+    if accepted:
+        assert "appliance_base_private_tcp_ports must" not in output, output[-3000:]
+        # Past the port checks, the next refusal is this machine's platform when PID 1 is not systemd.
+        assert result.returncode == 0 or "needs a systemd host" in output, output[-3000:]
+    else:
+        assert_refused(result, "appliance_base_private_tcp_ports")
+
+
+@pytest.mark.parametrize(
+    ("services", "accepted"),
+    [(["api"], True), (["worker"], True), ([], True), (["api", "worker"], True), (["scheduler"], False)],
+)
+def test_mlaas4hep_takes_its_part_of_the_topology(preflight, services, accepted):
+    result = preflight("mlaas4hep", **GOOD_SOURCE, mlaas4hep_services=services)
+    if accepted:
+        assert_accepted(result)
+    else:
+        assert_refused(result, "mlaas4hep_services")
+
+
+def test_mlaas4hep_refuses_a_uid_that_is_not_a_number(preflight):
+    assert_refused(preflight("mlaas4hep", **GOOD_SOURCE, mlaas4hep_uid="mlaas4hep"), "mlaas4hep_uid")
+
+
+def test_tfaas_refuses_a_wildcard_publisher(preflight, tmp_path):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("")
+    base = {"tfaas_venv": str(tmp_path / "venv"), "tfaas_model_dir": str(tmp_path), **TFAAS_OWNER}
+    assert_accepted(preflight("tfaas", **base, tfaas_publisher_subs=["workers-client-sub"]))
+    assert_refused(preflight("tfaas", **base, tfaas_publisher_subs=["*"]), "tfaas_publisher_subs")
+    assert_refused(preflight("tfaas", **base, tfaas_auth_extra={"publisher_subs": ["x"]}), "tfaas_auth_extra")
