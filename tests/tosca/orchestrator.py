@@ -34,8 +34,10 @@ COLLECTION_ARTIFACT = f"https://{REPOSITORY}/releases/download/{TAG}/mlaas4hep-a
 COLLECTION = ("mlaas4hep", "appliance")
 BASE_TYPES_URL = "https://baltig.infn.it/infn-cloud/tosca-types/raw/v3.4.0/tosca_types/base/basic_types.yaml"
 
-# What the orchestrator knows only at deployment: the VM's address, the IAM client it registered.
+# What the orchestrator knows only at deployment: the VM's address, the IAM client it registered, and the
+# private addresses of every VM of each compute node (the front's, then one per VM of a scalable count).
 TEST_ADDRESS = "192.0.2.10"
+TEST_PRIVATE = {"vm_server": "10.0.0.10", "training_worker_server": "10.0.1.{}", "tfaas_server": "10.0.2.{}"}
 TEST_IAM_CLIENT = {"client_id": "0f3c-test-client", "registration_access_token": "eyJ.test.registration"}
 
 
@@ -167,11 +169,27 @@ class Deployment:
             if function == "get_attribute":
                 owner = {"SELF": node, "HOST": self.host_of(node)}.get(args[0], args[0])
                 assert self.node(owner)["type"] == "tosca.nodes.indigo.Compute", f"attribute of {owner}"
+                if args[1:] == ["private_address"]:  # every VM of the node: a list, empty with count 0
+                    return self.private_addresses(owner)
                 assert args[1:] in (["public_address", 0], ["private_address", 0]), args
+                if args[1] == "private_address":
+                    return self.private_addresses(owner)[0]
                 return TEST_ADDRESS
             if function == "concat":
                 return "".join(str(self.resolve(part, node)) for part in args)
         return {key: self.resolve(item, node) for key, item in value.items()}
+
+    def count(self, compute: str) -> int:
+        """The number of VMs of a compute node (INDIGO's scalable capability; 1 without it)."""
+        scalable = self.node(compute).get("capabilities", {}).get("scalable", {}).get("properties", {})
+        return int(self.resolve(scalable.get("count", 1), compute))
+
+    def private_addresses(self, compute: str) -> list[str]:
+        pattern = TEST_PRIVATE[compute]
+        if "{}" not in pattern:
+            return [pattern]
+        # A node hosted on a VM of a scalable compute is rendered for its first VM.
+        return [pattern.format(11 + index) for index in range(self.count(compute))]
 
     def configure_inputs(self, name: str) -> dict[str, Any]:
         """The variables of ``name``'s configure playbook, as the orchestrator renders them."""
@@ -184,8 +202,13 @@ class Deployment:
         return {variable: self.resolve(value, name) for variable, value in inputs.items()}
 
     def project_nodes(self) -> list[str]:
+        """Our nodes the orchestrator deploys: those on a compute node with at least one VM."""
         ours = project_node_types()
-        return [name for name, node in self.template["node_templates"].items() if node["type"] in ours]
+        return [
+            name
+            for name, node in self.template["node_templates"].items()
+            if node["type"] in ours and self.count(self.host_of(name)) > 0
+        ]
 
 
 def collection_path(folder: Path) -> Path:

@@ -32,6 +32,18 @@ def test_template_validates_offline():
         "mlaas4hep": "tosca.nodes.mlaas4hep.MLaaS4HEP",
         "tfaas": "tosca.nodes.mlaas4hep.TFaaS",
         "oauth2_proxy": "tosca.nodes.mlaas4hep.OAuth2Proxy",
+        "redis_broker": "tosca.nodes.mlaas4hep.RedisBroker",
+        "job_store": "tosca.nodes.mlaas4hep.JobStorePostgres",
+        "jobs_share": "tosca.nodes.mlaas4hep.JobsShareNFS",
+        "tfaas_balancer": "tosca.nodes.mlaas4hep.TFaaSBalancer",
+        "training_worker_server": "tosca.nodes.indigo.Compute",
+        "worker_base": "tosca.nodes.mlaas4hep.ApplianceBase",
+        "worker_jobs_share": "tosca.nodes.mlaas4hep.JobsShareNFS",
+        "training_worker": "tosca.nodes.mlaas4hep.MLaaS4HEP",
+        "tfaas_server": "tosca.nodes.indigo.Compute",
+        "replica_base": "tosca.nodes.mlaas4hep.ApplianceBase",
+        "replica_application": "tosca.nodes.mlaas4hep.MLaaS4HEP",
+        "tfaas_replica": "tosca.nodes.mlaas4hep.TFaaS",
     }
     assert {output.name for output in template.outputs} == {"mlaas4hep_endpoint", "tfaas_endpoint", "node_ip"}
 
@@ -55,11 +67,41 @@ def test_the_vm_opens_the_fronts_and_ssh_only():
     assert all(value == {"get_input": name} for name, value in host.items())
 
 
-def test_every_project_node_is_hosted_on_the_vm():
+# Where each project node runs: the front VM, or every VM of the training workers' or the replicas' count.
+HOSTS = {
+    "training_worker_server": {"worker_base", "worker_jobs_share", "training_worker"},
+    "tfaas_server": {"replica_base", "replica_application", "tfaas_replica"},
+}
+
+
+def test_every_project_node_is_hosted_on_its_vm():
     nodes = read_yaml(TEMPLATE)["topology_template"]["node_templates"]
     for name, node in nodes.items():
         if node["type"].startswith("tosca.nodes.mlaas4hep."):
-            assert {"host": "vm_server"} in node["requirements"], name
+            host = next((vm for vm, names in HOSTS.items() if name in names), "vm_server")
+            assert {"host": host} in node["requirements"], name
+
+
+@pytest.mark.parametrize(
+    ("compute", "count"),
+    [("training_worker_server", "num_training_workers"), ("tfaas_server", "num_tfaas_replicas")],
+)
+def test_workers_and_replicas_are_counted_vms_on_the_private_network(compute, count):
+    """INDIGO's scalable capability, from an input whose default (0) keeps the one VM of before."""
+    template = read_yaml(TEMPLATE)["topology_template"]
+    vm = template["node_templates"][compute]
+    assert vm["capabilities"]["scalable"]["properties"]["count"] == {"get_input": count}
+    assert template["inputs"][count] == {**template["inputs"][count], "type": "integer", "default": 0}
+    assert vm["capabilities"]["endpoint"]["properties"] == {"network_name": "PRIVATE"}
+    front = template["node_templates"]["vm_server"]
+    assert front["capabilities"]["scalable"]["properties"]["count"] == 1
+    # The same VM size as the front.
+    assert vm["capabilities"]["host"] == front["capabilities"]["host"]
+
+
+def test_template_validates_with_workers_and_replicas():
+    template = load_template(TEMPLATE, parsed_params={"num_training_workers": 3, "num_tfaas_replicas": 2})
+    assert {node.name for node in template.nodetemplates} >= {"training_worker", "tfaas_replica"}
 
 
 @pytest.mark.parametrize("document", [TEMPLATE, TYPES], ids=lambda path: path.name)
