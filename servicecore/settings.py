@@ -46,11 +46,14 @@ def load(
     flags: Mapping[str, Any] | None = None,
     file_aliases: Mapping[str, str] | None = None,
     ignored_file_keys: Collection[str] = (),
+    env_not_settings: Collection[str] = (),
 ) -> T:
     """``cls`` from its defaults, the config file, the environment and the flags, in that order.
 
     ``label`` names the service in messages ("unknown TFaaS setting ..."); ``file_aliases`` maps other
     names a config file may use onto fields, and ``ignored_file_keys`` are accepted there and dropped.
+    ``env_not_settings`` are environment variables under the prefix that belong to other programs (the
+    project's scripts): skipped, where any other unknown name under the prefix is refused as a likely typo.
     """
     environ = os.environ if environ is None else environ
     config_file = config_file or environ.get(f"{env_prefix}CONFIG")
@@ -61,7 +64,10 @@ def load(
         aliases = file_aliases or {}
         renamed = {aliases.get(k, k): v for k, v in data.items() if k not in ignored_file_keys}
         layers.append(coerce_fields(cls, renamed, lambda _: source, label))
-    layers.append(_from_environment(cls, environ, env_prefix, label))
+    foreign = frozenset(env_not_settings)
+    layers.append(
+        _from_environment(cls, {k: v for k, v in environ.items() if k not in foreign}, env_prefix, label)
+    )
     given = {name: value for name, value in (flags or {}).items() if value is not None}
     layers.append(coerce_fields(cls, given, lambda name: f"command-line option {name}", label))
     values: dict[str, Any] = {}
@@ -77,6 +83,9 @@ class LoadableSettings:
     LABEL: ClassVar[str]  # the service in messages: "unknown TFaaS setting ..."
     FILE_ALIASES: ClassVar[Mapping[str, str]] = {}  # other names a config file may use for fields
     IGNORED_FILE_KEYS: ClassVar[Collection[str]] = ()  # accepted in a config file, and dropped
+    # Environment variables under ENV_PREFIX that are not settings: the scripts' own (MLAAS4HEP_VENV, ...),
+    # skipped rather than refused as typos (tests/core/test_settings_loader.py keeps the list complete).
+    ENV_NOT_SETTINGS: ClassVar[Collection[str]] = ()
 
     @classmethod
     def load(
@@ -96,6 +105,7 @@ class LoadableSettings:
             flags=flags,
             file_aliases=cls.FILE_ALIASES,
             ignored_file_keys=cls.IGNORED_FILE_KEYS,
+            env_not_settings=cls.ENV_NOT_SETTINGS,
         )
 
     def describe(self) -> dict[str, Any]:

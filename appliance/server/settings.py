@@ -32,6 +32,28 @@ def _setting(default: Any, help: str, **metadata: Any) -> Any:
 class Settings(settings.LoadableSettings):
     ENV_PREFIX: ClassVar[str] = "MLAAS4HEP_"
     LABEL: ClassVar[str] = "MLaaS4HEP server"
+    # The same prefix names the scripts' variables and the client's (mlaas4hep-client reads
+    # MLAAS4HEP_SERVER, ...), which a user may have exported in the shell that starts the server: not
+    # settings, and not typos.
+    ENV_NOT_SETTINGS: ClassVar[frozenset[str]] = frozenset(
+        f"MLAAS4HEP_{name}"
+        for name in (
+            # scripts/, molecule/, bench/
+            *(
+                "VENV",
+                "HOST_NAME",
+                "HOST_SSH_PORT",
+                "HOST_PORT_BASE",
+                "TOSCA_BASE_TYPES",
+                "MOLECULE_SSH_PORT",
+            ),
+            *("OAUTH2_PROXY_ARCHIVE", "OAUTH2_CLIENT_ID", "OAUTH2_CLIENT_SECRET"),
+            *("NSPAWN_STATE", "NSPAWN_CACHE", "NSPAWN_MIRROR", "FRESH_SSH_PORT", "FRESH_KEEP"),
+            # mlaas4hep_client
+            *("SERVER", "TFAAS", "ISSUER", "CLIENT_ID", "CLIENT_SECRET", "FLOW", "AUDIENCE", "SCOPE"),
+            *("OIDC_AGENT", "CA_BUNDLE"),
+        )
+    )
 
     data_dir: Path = field(
         default=Path(),

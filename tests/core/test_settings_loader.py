@@ -164,3 +164,76 @@ def test_both_services_say_the_same_for_the_same_mistake(tmp_path: Path) -> None
             message(TfaasSettings, "TFAAS_", **mistake),
         )
         assert server.replace("MLaaS4HEP server", "TFaaS") == tfaas, mistake
+
+
+# Where the project reads environment variables under a service's prefix: the scripts and the Molecule
+# scenarios (${NAME:-default}, unless the script assigns NAME itself), the client (f"{ENV_PREFIX}NAME") and
+# Python tools (environ.get("NAME")).
+ENVIRONMENT_READERS = {
+    r"\$\{((?:MLAAS4HEP|TFAAS)_[A-Z0-9_]+):?-": ("scripts", "molecule", "bench", "playbooks", ".ci"),
+    r"\{ENV_PREFIX\}([A-Z0-9_]+)": ("mlaas4hep_client",),
+    r"environ(?:\.get\(|\[)\s*[\"']((?:MLAAS4HEP|TFAAS)_[A-Z0-9_]+)": (
+        "bench",
+        "mlaas4hep_devtools",
+        "scripts",
+    ),
+}
+
+
+def project_environment_names() -> set[str]:
+    import re
+
+    top = Path(__file__).resolve().parents[2]
+    names: set[str] = set()
+    for pattern, folders in ENVIRONMENT_READERS.items():
+        for folder in folders:
+            for path in (top / folder).rglob("*"):
+                if path.is_file() and path.suffix in {"", ".sh", ".py", ".yml", ".yaml"}:
+                    text = path.read_text(errors="replace")
+                    found = [n for n in re.findall(pattern, text) if not re.search(rf"^\s*{n}=", text, re.M)]
+                    names |= {
+                        n if n.startswith(("MLAAS4HEP_", "TFAAS_")) else f"MLAAS4HEP_{n}" for n in found
+                    }
+    return names
+
+
+def test_every_variable_the_project_reads_under_a_prefix_is_a_setting_or_declared_not_one(tmp_path):
+    from appliance.server.settings import Settings as ServerSettings
+    from tfaas.settings import Settings as TFaaSSettings
+
+    names = project_environment_names()
+    assert {"MLAAS4HEP_VENV", "MLAAS4HEP_SERVER", "MLAAS4HEP_NSPAWN_STATE"} <= names  # the scan finds them
+    required = {
+        "MLAAS4HEP_": {"MLAAS4HEP_DATA_DIR": str(tmp_path)},
+        "TFAAS_": {"TFAAS_MODEL_DIR": str(tmp_path)},
+    }
+    for cls in (ServerSettings, TFaaSSettings):
+        for name in sorted(
+            n for n in names if n.startswith(cls.ENV_PREFIX) and n != f"{cls.ENV_PREFIX}CONFIG"
+        ):
+            try:
+                cls.load(environ={**required[cls.ENV_PREFIX], name: "1"})
+            except BadInputError as error:
+                # A value of the wrong type is fine here: the name is known. An unknown name is the failure.
+                assert "unknown" not in str(error), (
+                    f"{name}: add it to {cls.__name__}.ENV_NOT_SETTINGS or rename"
+                )
+
+
+def test_the_scripts_and_clients_variables_are_skipped_and_typos_still_refused(tmp_path):
+    from appliance.server.settings import Settings as ServerSettings
+
+    base = {"MLAAS4HEP_DATA_DIR": str(tmp_path)}
+    loaded = ServerSettings.load(
+        environ={
+            **base,
+            "MLAAS4HEP_VENV": "/opt/venv",
+            "MLAAS4HEP_SERVER": "https://x:4433",
+            "MLAAS4HEP_PORT": "81",
+        }
+    )
+    assert loaded.port == 81
+    with pytest.raises(
+        BadInputError, match="unknown MLaaS4HEP server setting in the environment: MLAAS4HEP_PORTT"
+    ):
+        ServerSettings.load(environ={**base, "MLAAS4HEP_PORTT": "81"})
