@@ -113,11 +113,20 @@ class FeatureSpec:
                 columns[name] = expression.evaluate(lambda branch: _lookup(columns, branch))
         return columns
 
-    def transform(self, arrays: Mapping[str, Any]) -> np.ndarray:
-        """Turn raw branch arrays (one entry per event) into the float32 model input ``[n_events, dim]``."""
+    def transform(self, arrays: Mapping[str, Any], buffer: np.ndarray | None = None) -> np.ndarray:
+        """Turn raw branch arrays (one entry per event) into the float32 model input ``[n_events, dim]``.
+
+        ``buffer`` (float32, C-ordered, ``dim`` columns, at least ``n_events`` rows) is filled and its first
+        rows returned instead of a new array: a caller converting chunk after chunk saves the page faults of
+        fresh memory, which cost more than the transformation itself on some VMs.
+        """
         columns = self.add_new_branches(arrays)
         n_events = _n_events(columns, self.branches)
-        out = np.full((n_events, self.dim), self.nan_value, dtype=np.float32)
+        if buffer is None:
+            out = np.full((n_events, self.dim), self.nan_value, dtype=np.float32)
+        else:
+            out = buffer[:n_events]
+            out.fill(self.nan_value)
         for j, stats in enumerate(self.flat):
             values = _flat_values(_lookup(columns, stats.name), stats.name, n_events)
             out[:, j] = self._normalise(stats, values)
@@ -133,9 +142,10 @@ class FeatureSpec:
             destination, keep = slots.get(offsets, stats.length)
             if destination.size:
                 values = content if keep is None else content[keep]
-                flat_out[destination + position] = self._normalise(stats, values)
+                # Cast first: a scatter that casts as it writes is ~2x slower (the values are the same).
+                flat_out[position:][destination] = self._normalise(stats, values).astype(np.float32)
                 if self.mask:
-                    flat_out[destination + mask_position] = 1.0
+                    flat_out[mask_position:][destination] = 1.0
             position += stats.length
             mask_position += stats.length
         return out
@@ -143,7 +153,8 @@ class FeatureSpec:
     def _normalise(self, stats: BranchStats, values: np.ndarray) -> np.ndarray:
         offset, factor = stats.scale(self.normalisation)
         with np.errstate(all="ignore"):
-            result = (values - offset) * factor
+            result = values - offset  # a new array: the multiplication may then work in place
+            result *= factor
         finite = np.isfinite(result)
         if not finite.all():
             result[~finite] = self.nan_value
@@ -256,7 +267,9 @@ def _jagged_parts(array: Any, name: str, n_events: int) -> tuple[np.ndarray, np.
 def _flat_values(array: Any, name: str, n_events: int) -> np.ndarray:
     try:
         if isinstance(array, ak.Array):
-            array = ak.to_numpy(array)
+            layout = array.layout
+            # uproot gives a flat branch as a NumPy array inside: take it (ak.to_numpy costs ~0.1 ms)
+            array = layout.data if isinstance(layout, ak.contents.NumpyArray) else ak.to_numpy(array)
         values = np.asarray(array, dtype=np.float64)
     except (ValueError, TypeError):
         raise BadInputError(f"branch {name!r} must hold one number per event") from None

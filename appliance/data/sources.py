@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,9 +138,18 @@ def _is_number(primitive: str) -> bool:
 
 
 def iterate(
-    tree: Any, branches: list[str], step: int, entry_start: int, entry_stop: int, url: str
+    tree: Any,
+    branches: list[str],
+    step: int,
+    entry_start: int,
+    entry_stop: int,
+    url: str,
+    decompression_executor: Executor | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(first entry, {branch: array})`` chunks of ``step`` entries between start and stop."""
+    """Yield ``(first entry, {branch: array})`` chunks of ``step`` entries between start and stop.
+
+    ``decompression_executor`` decompresses a step's baskets side by side (uproot's; None: in this thread).
+    """
     if entry_stop <= entry_start:
         return
     try:
@@ -148,6 +158,7 @@ def iterate(
             step_size=max(1, step),
             entry_start=entry_start,
             entry_stop=entry_stop,
+            decompression_executor=decompression_executor,
             library="ak",
             how=dict,
         ):

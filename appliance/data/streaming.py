@@ -3,23 +3,24 @@
 Every chunk takes events from every file in proportion to the file's share of the data set, so all files end
 together and no file's events are left unread when a small file runs out. Each event's train, validation or
 test assignment is a hash of (seed, file, entry): it is the same in every epoch and every run with that seed,
-so the test part is never seen by training. Memory is bounded by the chunk size and the prefetch depth.
+so the test part is never seen by training. Memory is bounded by the chunk size, the read size
+(``READ_EVENTS``) and the prefetch depth.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from appliance.data.features import FeatureSpec
+from appliance.data.lanes import END, Buffers, Lane, LanePool, available_cores, prefetched
 from appliance.data.sources import compressed_bytes, iterate, open_tree
 from appliance.data.specs import load_or_compute_specs, passing_events
 from appliance.data.targets import loss_weights, raw_weights, target_values
@@ -32,6 +33,9 @@ TRAIN, VALIDATION, TEST = 0, 1, 2
 # uproot pays a fixed cost per read step and branch, so small chunks are read in blocks of at least this many
 # events and then cut to the chunk size; memory stays bounded by max(chunk size, this).
 MIN_READ_EVENTS = 20_000
+# uproot and the transform also pay a cost per call and branch: each file is read several blocks' worth at a
+# time, about this many events over all files, and cut into the blocks' steps (the blocks stay the same).
+READ_EVENTS = 50_000
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -95,14 +99,23 @@ def assign_split(uniform: np.ndarray, test_fraction: float, validation_fraction:
 
 
 class EventStream:
-    """Chunks of ``(x, y, split)`` over all files of a workflow; iterate ``chunks(epoch)`` once per epoch."""
+    """Chunks of ``(x, y, split)`` over all files of a workflow; iterate ``chunks(epoch)`` once per epoch.
 
-    def __init__(self, wf: Workflow, spec: FeatureSpec, prefetch: int = 2) -> None:
+    ``threads`` (default: ``read_threads`` of params.json, whose 0 means the cores this process may use) read,
+    decompress and convert on that many threads; 1 reads in one thread. The chunks are the same either way.
+    """
+
+    def __init__(
+        self, wf: Workflow, spec: FeatureSpec, prefetch: int = 2, threads: int | None = None
+    ) -> None:
         if not spec.dataset.get("files"):
             raise ValueError("the feature spec carries no data set description; compute it with pass 1")
         self.wf = wf
         self.spec = spec
         self.prefetch = prefetch
+        if threads is None:
+            threads = wf.params.read_threads
+        self.threads = threads if threads > 0 else available_cores()
         self.files = spec.dataset["files"]
         self.read_branches: list[str] = spec.dataset["read_branches"]
         self.class_names: list[str] = spec.dataset["class_names"]
@@ -140,38 +153,28 @@ class EventStream:
         if self.prefetch <= 0:
             yield from self._produce(epoch)
             return
-        yield from _prefetched(self._produce(epoch), self.prefetch)
+        yield from prefetched(self._produce(epoch), self.prefetch)
 
     def _produce(self, epoch: int) -> Iterator[Chunk]:
         params = self.wf.params
         total = sum(f["read"] for f in self.files)
         chunk_size = params.chunk_size if params.chunk_size > 0 else total
         block_size = max(chunk_size, MIN_READ_EVENTS)
-        readers = []
-        for index, entry in enumerate(self.files):
-            if entry["read"] <= 0:
-                continue
-            step = max(1, round(block_size * entry["read"] / total))
-            tree = self._tree(entry["url"])
-            readers.append(
-                (index, entry["url"], iterate(tree, self.read_branches, step, 0, entry["read"], entry["url"]))
-            )
+        # Each file's share of a block is one step; uproot is asked for `steps_per_read` steps at a time and
+        # the result is cut at the step boundaries, so the blocks are those of step-by-step reading.
+        steps_per_read = max(1, READ_EVENTS // block_size)
+        steps = [
+            (index, entry["url"], max(1, round(block_size * entry["read"] / total)), entry["read"])
+            for index, entry in enumerate(self.files)
+            if entry["read"] > 0
+        ]
         rng = np.random.default_rng([params.seed, epoch])
-        while readers:
-            parts = []
-            for reader in list(readers):
-                index, url, iterator = reader
-                try:
-                    start, arrays = next(iterator)
-                except StopIteration:
-                    readers.remove(reader)
-                    continue
-                parts.append(self._convert(index, url, start, arrays))
-            if not parts:
-                break
-            block = Chunk.concatenate(parts)
-            if params.shuffle:
-                block = block.take(rng.permutation(len(block)))
+        if self.threads <= 1:
+            rounds = _rounds([self._file_parts(*s, steps_per_read) for s in steps])
+        else:
+            rounds = self._parallel_rounds(steps, steps_per_read)
+        for parts in rounds:
+            block = _assemble(parts, rng if params.shuffle else None)
             for start in range(0, len(block), chunk_size):
                 yield block.take(slice(start, start + chunk_size))
 
@@ -183,7 +186,48 @@ class EventStream:
     def weighted(self) -> bool:
         return self.wf.params.weight_expression is not None
 
-    def _convert(self, index: int, url: str, start: int, arrays: dict[str, Any]) -> Chunk:
+    def _file_parts(self, index: int, url: str, step: int, stop: int, steps_per_read: int) -> Iterator[Chunk]:
+        """One file's parts, one per step, read and converted in this thread."""
+        tree = self._tree(url)
+        buffers = Buffers(self.dim)
+        for read in iterate(tree, self.read_branches, step * steps_per_read, 0, stop, url):
+            yield from _parts_then_release(self._convert_steps(index, url, step, buffers, read), buffers)
+
+    def _parallel_rounds(
+        self, steps: list[tuple[int, str, int, int]], steps_per_read: int
+    ) -> Iterator[list[Chunk]]:
+        """The rounds of the serial path, read and converted by ``threads`` threads (data.lanes): the files'
+        lanes read side by side, each read converted while the lane reads the next, and uproot decompresses a
+        read's baskets on its own pool. The parts and their order are the serial ones."""
+        for _, url, _, _ in steps:
+            self._tree(url)  # opened here, once: lanes must not race to fill the cache
+        with ThreadPoolExecutor(self.threads) as decompression, LanePool(self.threads) as pool:
+            sources = []
+            for index, url, step, stop in steps:
+                reads = iterate(
+                    self._tree(url), self.read_branches, step * steps_per_read, 0, stop, url, decompression
+                )
+                buffers = Buffers(self.dim)
+                convert = partial(self._convert_steps, index, url, step, buffers)
+                sources.append(_lane_parts(pool.lane(reads, convert), buffers))
+            yield from _rounds(sources)
+
+    def _convert_steps(
+        self, index: int, url: str, step: int, buffers: Buffers, read: tuple[int, dict[str, Any]]
+    ) -> Converted:
+        """Convert one read at once (fewer, larger NumPy calls) and cut it into parts of ``step`` entries."""
+        start, arrays = read
+        n_read = len(next(iter(arrays.values())))
+        buffer = buffers.take(n_read)
+        chunk, entries = self._convert(index, url, start, arrays, buffer)
+        bounds = np.searchsorted(entries, np.arange(start + step, start + n_read, step)).tolist()
+        parts = [chunk.take(slice(a, b)) for a, b in zip([0, *bounds], [*bounds, len(chunk)], strict=True)]
+        return Converted(parts, buffer)
+
+    def _convert(
+        self, index: int, url: str, start: int, arrays: dict[str, Any], buffer: np.ndarray | None = None
+    ) -> tuple[Chunk, np.ndarray]:
+        """The events of one read that pass the cuts, and their entry numbers."""
         n_read = len(next(iter(arrays.values())))
         full, keep = passing_events(self.wf.preproc.cuts, self.spec, arrays)
         columns = full if keep is None else {name: values[keep] for name, values in full.items()}
@@ -191,7 +235,7 @@ class EventStream:
         if keep is not None:
             entries = entries[keep]
         try:
-            x = self.spec.transform(columns)
+            x = self.spec.transform(columns, buffer)
         except BadInputError as err:
             raise BadInputError(f"{url}: {err}") from None
         weights = None
@@ -218,46 +262,74 @@ class EventStream:
             self.wf.params.test_fraction,
             self.wf.params.validation_split,
         )
-        return Chunk(x, y, split, weights)
+        return Chunk(x, y, split, weights), entries
 
 
-def _prefetched(source: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
-    """Run ``source`` in a thread, ``depth`` chunks ahead; errors surface in the consumer."""
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+def _rounds(sources: list[Iterator[Chunk]]) -> Iterator[list[Chunk]]:
+    """Each round: the next part of every source not yet exhausted, in source (file) order."""
+    sources = list(sources)
+    while sources:
+        parts = []
+        for source in list(sources):
+            part = next(source, None)
+            if part is None:
+                sources.remove(source)
+            else:
+                parts.append(part)
+        if parts:
+            yield parts
 
-    def produce() -> None:
-        try:
-            for item in source:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(done)
-        except BaseException as err:
-            buffer.put(err)
 
-    thread = threading.Thread(target=produce, name="event-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                buffer.get_nowait()
-        thread.join(timeout=5)
+@dataclass
+class Converted:
+    """One read's parts and the buffer their ``x`` are views of."""
+
+    parts: list[Chunk]
+    buffer: np.ndarray
+
+
+def _parts_then_release(converted: Converted, buffers: Buffers) -> Iterator[Chunk]:
+    """Yield the parts; the caller asks for the next one only once the previous is in a block (``_rounds``),
+    so after the last, the buffer is free again."""
+    yield from converted.parts
+    buffers.give(converted.buffer)
+
+
+def _lane_parts(lane: Lane, buffers: Buffers) -> Iterator[Chunk]:
+    while (converted := lane.next()) is not END:
+        yield from _parts_then_release(converted, buffers)
+
+
+def _assemble(parts: list[Chunk], rng: np.random.Generator | None) -> Chunk:
+    """One block from the files' parts, in file order, shuffled when ``rng`` is given.
+
+    The shuffle scatters each part straight to its rows of the block, one copy instead of a concatenation
+    and a gather: row ``k`` of the block is event ``order[k]`` of the concatenated parts, as ``take(order)``.
+    """
+    if rng is None:
+        return Chunk.concatenate(parts)
+    n = sum(len(p) for p in parts)
+    order = rng.permutation(n)
+    rows = np.empty(n, dtype=np.int64)
+    rows[order] = np.arange(n, dtype=np.int64)  # the inverse permutation: where each event goes
+    first = parts[0]
+
+    def empty(a: np.ndarray) -> np.ndarray:
+        return np.empty((n, *a.shape[1:]), dtype=a.dtype)
+
+    block = Chunk(
+        empty(first.x), empty(first.y), empty(first.split), None if first.w is None else empty(first.w)
+    )
+    offset = 0
+    for part in parts:
+        where = rows[offset : offset + len(part)]
+        block.x[where] = part.x
+        block.y[where] = part.y
+        block.split[where] = part.split
+        if block.w is not None and part.w is not None:
+            block.w[where] = part.w
+        offset += len(part)
+    return block
 
 
 def read_workflow(
@@ -294,6 +366,7 @@ def read_workflow(
         "branches": {"flat": len(spec.flat), "jagged": len(spec.jagged)},
         "classes": dict(zip(stream.class_names, per_class.tolist(), strict=True)),
         "files": len(wf.files),
+        "threads": stream.threads,
         "seconds": round(seconds, 3),
         "events_per_s": round(events / seconds, 1) if seconds > 0 else None,
         "mb_per_s": round(compressed / 1e6 / seconds, 2) if seconds > 0 else None,

@@ -61,6 +61,7 @@ class Params:
     file_weight: list[float] = field(default_factory=list)  # one factor per file
     negative_weights: str = "refuse"  # what the loss does with negative weights: refuse, abs or zero
     target: list[str] = field(default_factory=list)  # regression target branches; empty = classification
+    read_threads: int = 0  # threads reading the stream; 0 = the cores this process may use (its affinity)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "params.json") -> Params:
@@ -85,7 +86,7 @@ class Params:
             if not condition:
                 raise BadInputError(f"{source}: {message}")
 
-        for key in ("nevts", "chunk_size", "epochs", "batch_size", "verbose", "seed"):
+        for key in ("nevts", "chunk_size", "epochs", "batch_size", "verbose", "seed", "read_threads"):
             value = getattr(self, key)
             check(
                 isinstance(value, int) and not isinstance(value, bool),
@@ -97,6 +98,10 @@ class Params:
             f"chunk_size must be -1 or positive, got {self.chunk_size}",
         )
         check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        check(
+            0 <= self.read_threads <= 256,
+            f"read_threads must be 0 (the cores available) or 1 to 256, got {self.read_threads}",
+        )
         check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
         for key in ("split", "validation_split"):
             value = getattr(self, key)
