@@ -29,6 +29,10 @@ from tfaas.repository import Bundle
 # What the fork server imports before it forks a checker: TensorFlow's import costs seconds of CPU, paid
 # once per worker (at its first upload) instead of once per upload.
 PRELOAD = ["tensorflow", "tfaas.predictor"]
+# A check that has not answered in this long is stuck, not slow: on the shared 2-core machine at load 18 the
+# first check of a worker (the fork server's TensorFlow import included) took 73 s, so the bound is generous
+# and a valid upload is not refused because the host is busy.
+CHECK_TIMEOUT_S = 600.0
 _preload_set = threading.Lock()
 
 

@@ -23,7 +23,7 @@ from servicecore.safetar import extract_archive
 from tfaas.predictor import LoadedModel, ModelStore
 from tfaas.repository import MODEL_FILES, ONNX_MODEL, SAVED_MODEL, read_bundle
 from tfaas.settings import Settings
-from tfaas.upload_check import check_in_child
+from tfaas.upload_check import CHECK_TIMEOUT_S, check_in_child
 
 MiB = 1024 * 1024
 # A gzipped archive may unpack to at most this many times the compressed bytes read so far, beyond its first
@@ -162,7 +162,7 @@ def check_bundle(name: str, bundle_dir: Path, store: ModelStore) -> LoadedModel:
         reason = bundle.params.get("unservable_reason") or "no reason recorded"
         raise BadInputError(f"model {name!r} is marked not servable, so it is not accepted: {reason}")
     settings = store.settings
-    return check_in_child(bundle, settings.numpy_engine, settings.tf_threads, settings.timeout_s)
+    return check_in_child(bundle, settings.numpy_engine, settings.tf_threads, CHECK_TIMEOUT_S)
 
 
 def expansion_guard(stream: BinaryIO) -> BinaryIO:
