@@ -105,11 +105,11 @@ def check_features(
     problems = []
     missing = [name for name in old if name not in new]
     if missing:
-        problems.append(f"it takes branch(es) {', '.join(missing)} that this job's data does not give")
+        problems.append(f"it takes branch(es) {_listed(missing)} that this job's data does not give")
     extra = [name for name in new if name not in old]
     if extra:
         problems.append(
-            f"this job's data gives branch(es) {', '.join(extra)} that it does not take "
+            f"this job's data gives branch(es) {_listed(extra)} that it does not take "
             "(exclude them: exclude_branches)"
         )
     changed = [
@@ -118,7 +118,7 @@ def check_features(
         if new.get(name, old[name]) != old[name]
     ]
     if changed:
-        problems.append(f"branch(es) {', '.join(changed)} changed kind")
+        problems.append(f"branch(es) {_listed(changed)} changed kind")
     definitions = {name: dict(d) for name, d in new_branches.items()}
     if definitions != {name: dict(d) for name, d in init.spec.new_branches.items()}:
         problems.append("preproc.json's new_branch definitions differ from those it was trained with")
@@ -126,6 +126,12 @@ def check_features(
         problems.append(f"its classes are {init.class_names}, this job's {list(class_names)}")
     if problems:
         raise BadInputError(f"init_model {init.label} has another feature spec: {'; '.join(problems)}")
+
+
+def _listed(names: list[str], shown: int = 12) -> str:
+    """A NanoAOD file has a thousand branches: name the first few, count the others."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def check_params(init: InitModel, params: Mapping[str, Any]) -> None:

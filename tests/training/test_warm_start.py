@@ -155,3 +155,22 @@ def test_a_warm_start_that_does_not_fit_is_refused_naming_the_culprit(
     with pytest.raises(BadInputError, match=message):
         train(tmp_path, new_files, model, {**MORE, **params, **extra}, init_model=Path(first["published"]))
     assert not (tmp_path / "models" / "alice.higgs" / "2").exists()
+
+
+def test_a_long_list_of_differing_branches_is_named_in_part_and_counted(tmp_path):
+    from appliance.data.features import BranchStats, FeatureSpec
+    from appliance.training.warm_start import InitModel, check_features
+
+    spec = FeatureSpec(flat=[BranchStats(name="MET_pt", kind="flat")], jagged=[])
+    init = InitModel(tmp_path, "alice.higgs", 1, {}, spec, ["0", "1"])
+    extra = [(f"HLT_path{i}", "flat") for i in range(100)]
+    with pytest.raises(BadInputError) as caught:
+        check_features(init, [("MET_pt", "flat"), *extra], {}, ["0", "1"])
+    message = caught.value.message
+    assert "HLT_path0, HLT_path1" in message and "HLT_path11 and 88 more" in message
+    assert "HLT_path12" not in message
+    with pytest.raises(BadInputError, match=r"MET_pt \(flat there, jagged here\) changed kind"):
+        check_features(init, [("MET_pt", "jagged")], {}, ["0", "1"])
+    with pytest.raises(BadInputError, match=r"its classes are \['0', '1'\], this job's \['a', 'b'\]"):
+        check_features(init, [("MET_pt", "flat")], {}, ["a", "b"])
+    check_features(init, [("MET_pt", "flat")], {}, ["0", "1"])  # the same spec passes
