@@ -181,6 +181,8 @@ def test_every_group_gets_its_part(tmp_path):
         "queue_url": f"redis://:{SECRET}@127.0.0.1:6379/0",
         "store_url": f"postgresql+psycopg://mlaas4hep:{SECRET}-store@127.0.0.1:5432/mlaas4hep",
     }
+    # The API checks workflows' root:// URLs against the endpoints the workers' jobs reach.
+    assert front["mlaas4hep_job_network_allow"] == ["10.0.0.10:1094"]
     assert front["redis_broker_bind"] == ["127.0.0.1", "10.0.0.10"]
     assert front["job_store_postgres_listen"] == ["127.0.0.1", "10.0.0.10"]
     assert front["job_store_postgres_clients"] == workers

@@ -122,6 +122,7 @@ def test_workers_and_replicas_each_get_their_part(tmp_path):
         "store_url": f"postgresql+psycopg://mlaas4hep:{STORE}@127.0.0.1:5432/mlaas4hep",
     }
     assert front["mlaas4hep_uid"] == "60990"
+    assert front["mlaas4hep_job_network_allow"] == [f"{FRONT}:1094"]
     for name in ("redis_broker", "job_store", "jobs_share", "tfaas_balancer"):
         assert nodes[name]["applied"], name
     assert not nodes["tfaas"]["applied"]  # haproxy has the port
