@@ -1,7 +1,8 @@
 """``mlaas4hep predict``: a model bundle applied to every event of a list of ROOT files, in parallel on Dask.
 
 The work is split into tasks on an existing engine, Dask: a local cluster of a few worker threads by
-default, or the workers of a running scheduler (``--scheduler tcp://...``). Tasks check each file, then score
+default, or the workers of a running scheduler (``--scheduler tcp://...``), which get the bundle's bytes
+rather than its path and talk to this process only through the scheduler. Tasks check each file, then score
 entry ranges of at most ``task_entries`` events; this process gathers each file's ranges in order and writes
 its friend tree (``appliance.inference.friends``). Nothing appears at the destination until every file is
 scored: friend trees are written in a staging directory and renamed (or copied through XRootD and renamed)
@@ -24,7 +25,14 @@ from typing import Any
 
 from appliance.inference import friends
 from appliance.inference.bundle import ModelBundle, load_bundle
-from appliance.inference.scoring import FileCheck, check_file, model_outputs, score_range
+from appliance.inference.scoring import (
+    BundleRef,
+    FileCheck,
+    check_file,
+    model_outputs,
+    score_range,
+    ship_bundle,
+)
 from servicecore import atomic
 from servicecore.errors import BadInputError
 
@@ -82,7 +90,8 @@ def run_predict(
             client.map(check_file, files, tree_name=tree, needed=bundle.needed_branches(), pure=False)
         )
         refuse_missing(bundle, checks)
-        n_outputs = int(client.submit(model_outputs, str(bundle.path), pure=False).result())
+        model = _bundle_for_workers(client, bundle, options)
+        n_outputs = int(client.submit(model_outputs, model, pure=False).result())
         score_names = bundle.score_names(n_outputs)
         total = sum(check.entries for check in checks)
         report({"stage": "predict", "files": len(files), "events": total, "done": 0, "events_read": 0})
@@ -93,7 +102,7 @@ def run_predict(
                 for check in checks
                 for start in range(0, check.entries, options.task_entries)
             ]
-            scored = _Window(client, jobs, str(bundle.path), tree, options.step, _window_size(client))
+            scored = _Window(client, jobs, model, tree, options.step, _window_size(client))
             for check, name in zip(checks, names, strict=True):
                 n_ranges = -(-check.entries // options.task_entries)
                 written = friends.write_friend(
@@ -122,7 +131,11 @@ def run_predict(
                 "events": done,
                 "passed": sum(r["passed"] for r in results),
                 "seconds": round(time.monotonic() - started, 3),
-                "engine": {"scheduler": options.scheduler or "local", **_engine(client)},
+                "engine": {
+                    "scheduler": options.scheduler or "local",
+                    "bundle": "shipped" if options.scheduler else "path",
+                    **_engine(client),
+                },
                 "options": asdict(options),
             }
             summary["events_per_s"] = round(done / summary["seconds"], 1) if summary["seconds"] else None
@@ -140,7 +153,7 @@ class _Window:
     """
 
     def __init__(
-        self, client: Any, jobs: list[tuple[str, int, int]], bundle: str, tree: str, step: int, size: int
+        self, client: Any, jobs: list[tuple[str, int, int]], bundle: Any, tree: str, step: int, size: int
     ) -> None:
         self.client, self.bundle, self.tree, self.step = client, bundle, tree, step
         self.pending = iter(jobs)
@@ -163,6 +176,15 @@ class _Window:
             future = self.futures.popleft()
             self._submit_next()
             yield future.result()
+
+
+def _bundle_for_workers(client: Any, bundle: ModelBundle, options: PredictOptions) -> BundleRef | Any:
+    """What tasks get as the bundle: its path for a local cluster (the workers are this process or its
+    children); for a scheduler's workers, which cannot read the job's files, the bundle's bytes scattered
+    once to every worker (through the scheduler), each task then getting the same future."""
+    if not options.scheduler:
+        return str(bundle.path)
+    return client.scatter(ship_bundle(bundle.path), broadcast=True, hash=False)
 
 
 def _window_size(client: Any) -> int:
@@ -200,7 +222,9 @@ def dask_client(options: PredictOptions) -> Iterator[Any]:
 
     if options.scheduler:
         try:
-            client = Client(options.scheduler, timeout="10s")
+            # Everything goes through the scheduler (scatter, results): a job's network namespace then needs
+            # to reach the scheduler's address only, not the workers' (appliance.server.network).
+            client = Client(options.scheduler, timeout="10s", direct_to_workers=False)
         except (OSError, TimeoutError) as err:
             raise BadInputError(f"cannot reach the Dask scheduler {options.scheduler!r}: {err}") from None
         with client:

@@ -1,14 +1,21 @@
 """The work of one task, run on a Dask worker: check a file, or score one entry range of it.
 
-Tasks get plain values (URLs, the bundle's path, entry numbers) and return NumPy arrays, so they run the same
-on a local cluster and on a remote scheduler's workers (which must see the bundle path and the files' URLs).
+Tasks get plain values (URLs, the bundle, entry numbers) and return NumPy arrays, so they run the same on a
+local cluster and on a remote scheduler's workers. The bundle is its path on a local cluster; for a remote
+scheduler's workers, which cannot read the job's files, it is a :class:`ShippedBundle` (the bundle's bytes,
+scattered once to every worker), unpacked once per worker process into a private temporary directory.
+The files' URLs are read by the workers themselves (``root://`` through the XRootD proxy).
 Each worker process loads a bundle's model once and keeps it (its threads share it): a TensorFlow SavedModel,
 or the ``model.onnx`` of a PyTorch, scikit-learn or XGBoost bundle, run with onnxruntime as TFaaS runs it.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import hashlib
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,59 @@ class ScoredRange:
     start: int
     passed: np.ndarray  # bool [n]
     scores: np.ndarray  # float32 [n, n_outputs]
+
+
+@dataclass(frozen=True)
+class ShippedBundle:
+    """A bundle's regular files as bytes (relative path, content), named by their digest."""
+
+    digest: str
+    files: tuple[tuple[str, bytes], ...]
+
+
+MAX_SHIPPED_BYTES = 2 << 30  # a bundle is sent whole to each worker: beyond this, a shared file system
+
+
+def ship_bundle(path: str | Path) -> ShippedBundle:
+    """Read a bundle directory's regular files (links are not followed: a staged bundle has none)."""
+    root = Path(path)
+    files, total, digest = [], 0, hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        relative = file.relative_to(root).as_posix()
+        data = file.read_bytes()
+        total += len(data)
+        if total > MAX_SHIPPED_BYTES:
+            raise BadInputError(
+                f"bundle {root} is over {MAX_SHIPPED_BYTES >> 20} MiB: too large to send to Dask workers"
+            )
+        digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
+        files.append((relative, data))
+    return ShippedBundle(digest.hexdigest(), tuple(files))
+
+
+_UNPACKED: dict[str, str] = {}
+
+
+def _unpack(shipped: ShippedBundle) -> str:
+    """The shipped bundle as a directory of this process's own (mkdtemp: 0700, removed at exit), once per
+    digest."""
+    if shipped.digest in _UNPACKED:
+        return _UNPACKED[shipped.digest]
+    root = Path(tempfile.mkdtemp(prefix="mlaas4hep-bundle-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    for relative, data in shipped.files:
+        parts = Path(relative).parts
+        if not parts or Path(relative).is_absolute() or ".." in parts:
+            raise BadInputError(f"a shipped bundle names {relative!r}, not a path inside the bundle")
+        target = root.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as out:  # noqa: PTH123 - x: never over a file already there
+            out.write(data)
+    _UNPACKED[shipped.digest] = str(root)
+    return str(root)
+
+
+BundleRef = str | ShippedBundle  # a path the worker reads, or the bundle itself
 
 
 @dataclass
@@ -129,16 +189,16 @@ def _pick(params: dict[str, Any], keys: tuple[str, ...], available: dict[str, An
 _LOADING = threading.Lock()
 
 
-def loaded_model(bundle_path: str | Path) -> LoadedModel:
+def loaded_model(bundle: BundleRef | Path) -> LoadedModel:
     """The bundle's model, loaded once per process (reloaded if its params.json changes)."""
-    path = str(bundle_path)
     with _LOADING:  # worker threads of one process share the loaded model rather than each load it
+        path = _unpack(bundle) if isinstance(bundle, ShippedBundle) else str(bundle)
         return _load(path, (Path(path) / "params.json").stat().st_mtime_ns)
 
 
-def model_outputs(bundle_path: str) -> int:
+def model_outputs(bundle: BundleRef) -> int:
     """The number of model outputs (and, as a side effect, the model loaded on this worker)."""
-    return loaded_model(bundle_path).n_outputs
+    return loaded_model(bundle).n_outputs
 
 
 def check_file(url: str, tree_name: str, needed: dict[str, str | None]) -> FileCheck:
@@ -154,9 +214,9 @@ def check_file(url: str, tree_name: str, needed: dict[str, str | None]) -> FileC
     return FileCheck(url, int(tree.num_entries), missing, wrong)
 
 
-def score_range(bundle_path: str, url: str, tree_name: str, start: int, stop: int, step: int) -> ScoredRange:
+def score_range(bundle: BundleRef, url: str, tree_name: str, start: int, stop: int, step: int) -> ScoredRange:
     """Read entries [start, stop) of ``url`` chunk by chunk, apply the cuts and the model."""
-    model = loaded_model(bundle_path)
+    model = loaded_model(bundle)
     bundle = model.bundle
     spec, cuts = bundle.spec, bundle.cuts
     branches = list(bundle.needed_branches())

@@ -121,7 +121,12 @@ def test_a_running_dask_scheduler_is_used_when_given(trained, tmp_path):
     with LocalCluster(n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None) as cluster:
         options = PredictOptions(scheduler=cluster.scheduler_address, task_entries=2000)
         summary = run_predict(files, trained.bundle, tmp_path / "out", options)
-    assert summary["engine"] == {"scheduler": cluster.scheduler_address, "workers": 1, "threads": 2}
+    assert summary["engine"] == {
+        "scheduler": cluster.scheduler_address,
+        "bundle": "shipped",
+        "workers": 1,
+        "threads": 2,
+    }
     assert summary["files"][0]["entries"] == 5000
 
 
