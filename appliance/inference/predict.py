@@ -303,5 +303,6 @@ def predict_from_cli(args: Any) -> dict[str, Any]:
         if progress_file is not None:
             progress_file.close()
     return {
-        key: summary[key] for key in ("model", "version", "output", "events", "passed", "events_per_s")
+        key: summary[key]
+        for key in ("model", "version", "output", "events", "passed", "events_per_s", "engine")
     } | {"files": len(summary["files"])}

@@ -48,7 +48,7 @@ class Endpoint:
         return socket.AF_INET6 if ":" in self.address else socket.AF_INET
 
 
-def parse_endpoints(text: str) -> list[Endpoint]:
+def parse_endpoints(text: str, setting: str = "job_network_allow") -> list[Endpoint]:
     """``"127.0.0.1:1094, [::1]:1094, localhost:8443"``; ``localhost`` means both loopback addresses."""
     endpoints: list[Endpoint] = []
     for item in (part.strip() for part in (text or "").split(",")):
@@ -57,7 +57,7 @@ def parse_endpoints(text: str) -> list[Endpoint]:
         host, _, port_text = item.rpartition(":")
         host = host.strip("[]")
         if not port_text.isdigit() or not 0 < int(port_text) < 65536 or not host:
-            raise BadInputError(f"setting job_network_allow: {item!r} is not ADDRESS:PORT")
+            raise BadInputError(f"setting {setting}: {item!r} is not ADDRESS:PORT")
         port = int(port_text)
         if host == "localhost":
             endpoints += [Endpoint("127.0.0.1", port), Endpoint("::1", port)]
@@ -66,11 +66,22 @@ def parse_endpoints(text: str) -> list[Endpoint]:
             address = ipaddress.ip_address(host)
         except ValueError:
             raise BadInputError(
-                f"setting job_network_allow: {host!r} is not an IP address (names cannot be resolved in "
+                f"setting {setting}: {host!r} is not an IP address (names cannot be resolved in "
                 "the job's namespace)"
             ) from None
         endpoints.append(Endpoint(str(address), port))
     return endpoints
+
+
+def scheduler_endpoints(address: str) -> list[Endpoint]:
+    """The Dask scheduler of ``dask_scheduler`` (``tcp://ADDRESS:PORT``) as endpoints a predict job reaches:
+    none for "" (a local cluster in the job). The job's Dask client talks to the scheduler only
+    (``appliance.inference.predict``: no direct connection to the workers), so its address is all to relay."""
+    if not address:
+        return []
+    if not address.startswith("tcp://") or address.count(",") or "/" in address[len("tcp://") :]:
+        raise BadInputError(f"setting dask_scheduler: {address!r} is not tcp://ADDRESS:PORT")
+    return parse_endpoints(address[len("tcp://") :], "dask_scheduler")
 
 
 def _unshare_network() -> None:

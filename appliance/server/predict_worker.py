@@ -121,6 +121,7 @@ def predict_result(summary: Mapping[str, Any], request: Mapping[str, Any]) -> di
         "events": _count(summary.get("events")),
         "passed": _count(summary.get("passed")),
         "branches": [b for b in summary.get("branches", []) if isinstance(b, str)][:64],
+        "engine": _engine(summary.get("engine")),
         "files": [
             {
                 "input": str(f.get("input", "")),
@@ -133,6 +134,18 @@ def predict_result(summary: Mapping[str, Any], request: Mapping[str, Any]) -> di
         ]
         if isinstance(files, list)
         else _count(files),
+    }
+
+
+def _engine(value: Any) -> dict[str, Any]:
+    """Which Dask ran the job: ``scheduler`` ("local" or its address), ``bundle`` ("path" or "shipped") and
+    the workers and threads it had."""
+    engine = value if isinstance(value, dict) else {}
+    return {
+        "scheduler": str(engine.get("scheduler", ""))[:256],
+        "bundle": str(engine.get("bundle", ""))[:16],
+        "workers": _count(engine.get("workers")),
+        "threads": _count(engine.get("threads")),
     }
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from appliance.server.isolation import JobIdentity, close_job_dir, kill_processes_of, open_job_dir
 from appliance.server.jobdir import JobDir
-from appliance.server.network import JobNetwork, parse_endpoints
+from appliance.server.network import JobNetwork, parse_endpoints, scheduler_endpoints
 from appliance.server.predict_worker import collect_friends, is_predict, predict_result, stdout_summary
 from appliance.server.progress import last_error
 from appliance.server.publisher import BundleRefused, BundleRules, checked_copy, deliver
@@ -76,6 +76,8 @@ class JobRun:
                 "--fout", request.get("fout") or str(d.work_friends),
                 # The local Dask cluster's worker threads: as many as the cores the job was given.
                 "--workers", str(self.resources.cpus),
+                # Or the appliance's Dask scheduler, whose workers get the bundle's bytes, not its path.
+                *(["--scheduler", self.settings.dask_scheduler] if self.settings.dask_scheduler else []),
                 "--progress-file", str(d.progress),
             ]  # fmt: skip
             return self._limited(command)
@@ -143,7 +145,10 @@ class JobRun:
         """The job's own network namespace, unless the settings or the worker's rights say otherwise."""
         if self.identity is None or self.settings.job_network == "host":
             return None
-        return JobNetwork(parse_endpoints(self.settings.job_network_allow))
+        allowed = parse_endpoints(self.settings.job_network_allow)
+        if is_predict(self.job.request):
+            allowed += [e for e in scheduler_endpoints(self.settings.dask_scheduler) if e not in allowed]
+        return JobNetwork(allowed)
 
     def run(self) -> Outcome:
         d = self.directory

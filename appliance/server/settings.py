@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from appliance.server.network import scheduler_endpoints
 from servicecore import settings
 from servicecore.auth import LOCAL_DEMO, TRUSTED_HEADER_DEMO, AuthSettings
 from servicecore.errors import BadInputError
@@ -127,6 +128,9 @@ class Settings(settings.LoadableSettings):
     job_uids: str = _setting("61000-61999", "uids (each also its gid) given to jobs, one per running job")
     job_network: str = _setting("isolated", '"isolated" (own namespace, job_network_allow only) or "host"')
     job_network_allow: str = _setting("127.0.0.1:1094", "ADDRESS:PORT,... a job may reach (XRootD proxy)")
+    dask_scheduler: str = _setting(
+        "", 'tcp://ADDRESS:PORT of the Dask scheduler predict jobs run on ("" = a local cluster in each job)'
+    )
     max_bundle_bytes: int = _setting(4096 * MiB, "largest model bundle a job may produce")
     max_json_bytes: int = _setting(1 * MiB, "largest JSON request body (uploads have max_upload_bytes)")
     disk_quota_bytes: int = _setting(20 * 1024 * MiB, "disk one user's uploads and jobs may use (0 = none)")
@@ -189,6 +193,7 @@ class Settings(settings.LoadableSettings):
             f'tfaas_url must be "" or an http(s):// URL, got {self.tfaas_url!r}',
         )
         check(all(isinstance(v, str) for v in self.job_env.values()), "job_env values must be strings")
+        scheduler_endpoints(self.dask_scheduler)  # refuses, at start-up, an address a job could not reach
         self.auth_settings  # noqa: B018 (refuses, at start-up, auth settings that would open the API)
 
     @property
