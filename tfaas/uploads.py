@@ -8,11 +8,8 @@ latency meanwhile.
 
 from __future__ import annotations
 
-import gzip
-import io
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
 
 from flask import request
 
@@ -24,16 +21,6 @@ from tfaas.predictor import LoadedModel, ModelStore
 from tfaas.repository import MODEL_FILES, ONNX_MODEL, SAVED_MODEL, read_bundle
 from tfaas.settings import Settings
 from tfaas.upload_check import CHECK_TIMEOUT_S, check_in_child
-
-MiB = 1024 * 1024
-# A gzipped archive may unpack to at most this many times the compressed bytes read so far, beyond its first
-# EXPANSION_SLACK_BYTES. A bomb (a gzip of zeros expands 1000-fold) is then refused after about 18 MiB
-# written, in a fraction of a second, instead of at max_upload_bytes (512 MiB: seconds of disk writes, which
-# bench/bad_input.py measured at 5 s). A SavedModel's weights compress 1-3-fold; a bundle that compresses
-# better than 100-fold can be sent as a plain tar, which this bound does not touch.
-MAX_EXPANSION = 100
-EXPANSION_SLACK_BYTES = 16 * MiB
-GZIP_MAGIC = b"\x1f\x8b"
 
 TAR_TYPES = frozenset(
     {
@@ -90,9 +77,7 @@ def _stage_multipart(staging: Path, settings: Settings) -> tuple[str, Path]:
     stream = model.stream
     if tarfile.is_tarfile(stream):
         stream.seek(0)
-        extract_archive(
-            expansion_guard(stream), bundle_dir, settings.max_upload_bytes, settings.max_upload_members
-        )
+        extract_archive(stream, bundle_dir, settings.max_upload_bytes, settings.max_upload_members)
         bundle_dir = _single_folder(bundle_dir)
         lone_model = None
     else:
@@ -113,9 +98,7 @@ def _stage_multipart(staging: Path, settings: Settings) -> tuple[str, Path]:
 def _stage_tar(staging: Path, settings: Settings, name: str | None) -> tuple[str, Path]:
     """The original bundle upload: a tar whose top-level folder is the model name."""
     extracted = staging / "extracted"
-    extract_archive(
-        expansion_guard(request.stream), extracted, settings.max_upload_bytes, settings.max_upload_members
-    )
+    extract_archive(request.stream, extracted, settings.max_upload_bytes, settings.max_upload_members)
     top = [entry for entry in extracted.iterdir()]
     if any((extracted / model_file).is_file() for model_file in MODEL_FILES):
         if not name:
@@ -163,53 +146,3 @@ def check_bundle(name: str, bundle_dir: Path, store: ModelStore) -> LoadedModel:
         raise BadInputError(f"model {name!r} is marked not servable, so it is not accepted: {reason}")
     settings = store.settings
     return check_in_child(bundle, settings.numpy_engine, settings.tf_threads, CHECK_TIMEOUT_S)
-
-
-def expansion_guard(stream: BinaryIO) -> BinaryIO:
-    """``stream`` as the archive reader should read it: a gzip stream decompressed here, refused once it
-    expands beyond ``MAX_EXPANSION`` (see above); any other stream as it is."""
-    counted = _Counting(stream)
-    buffered = io.BufferedReader(counted)
-    if buffered.peek(2)[:2] != GZIP_MAGIC:
-        return buffered
-    return io.BufferedReader(_BoundedGunzip(buffered, counted))
-
-
-class _Counting(io.RawIOBase):
-    """The bytes read from a stream, counted."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        self.count += len(data)
-        return len(data)
-
-
-class _BoundedGunzip(io.RawIOBase):
-    """Decompressed gzip, refused (BadInputError) once it outgrows the compressed bytes read."""
-
-    def __init__(self, compressed: io.BufferedReader, counted: _Counting) -> None:
-        self._gunzip = gzip.GzipFile(fileobj=compressed, mode="rb")
-        self._counted = counted
-        self._unpacked = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._gunzip.read(len(buffer))
-        self._unpacked += len(data)
-        if self._unpacked > EXPANSION_SLACK_BYTES + MAX_EXPANSION * self._counted.count:
-            raise BadInputError(
-                f"the archive expands more than {MAX_EXPANSION}-fold ({self._unpacked} bytes from "
-                f"{self._counted.count} compressed): refused as a compression bomb; send a plain tar"
-            )
-        buffer[: len(data)] = data
-        return len(data)

@@ -141,12 +141,17 @@ def test_the_disk_quota_is_stated_and_enforced(data_dir, tmp_path, remote_sample
     assert not [p for p in (data_dir / "uploads").rglob("b.bin") if "alice" in str(p)]
 
 
-@pytest.mark.parametrize("bomb", ["members", "expansion"])
+@pytest.mark.parametrize("bomb", ["members", "expansion", "ratio"])
 def test_tar_bombs_are_refused_and_leave_nothing(data_dir, tmp_path, bomb):
     settings = {"max_upload_members": 50, "max_upload_bytes": 10 << 20}
     if bomb == "members":
         archive = tar_gz({f"f{n}.txt": b"x" for n in range(51)})
         words = ("more than 50 members",)
+    elif bomb == "ratio":
+        # Zeros in 1 MiB members, each and all of them within the byte limit: the expansion gives it away.
+        settings["max_upload_bytes"] = 64 << 20
+        archive = tar_gz({f"zeros{n}.bin": bytes(1 << 20) for n in range(48)})
+        words = ("compression bomb",)
     else:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:

@@ -1,4 +1,5 @@
-"""Upload archives: a gzip that expands beyond ``MAX_EXPANSION`` is refused early; real bundles pass."""
+"""servicecore.safetar on both services' uploads: a gzip that expands beyond ``MAX_EXPANSION`` is refused
+early; real bundles pass."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from servicecore import safetar
 from servicecore.errors import BadInputError
 from servicecore.safetar import extract_archive
-from tfaas import uploads
 
 MiB = 1024 * 1024
 
@@ -48,9 +49,9 @@ def test_a_gzip_bomb_is_refused_once_it_outgrows_the_bound(tmp_path: Path) -> No
     bomb = gzip.compress(_tar({f"m/zeros{i}": bytes(MiB) for i in range(200)}), compresslevel=6)
     source = Reads(bomb)
     with pytest.raises(BadInputError, match="compression bomb"):
-        extract_archive(uploads.expansion_guard(source), tmp_path / "out", 512 * MiB, 1000)
+        extract_archive(source, tmp_path / "out", 512 * MiB, 1000)
     written = sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file())
-    assert written <= uploads.EXPANSION_SLACK_BYTES + uploads.MAX_EXPANSION * source.read_bytes
+    assert written <= safetar.EXPANSION_SLACK_BYTES + safetar.MAX_EXPANSION * source.read_bytes
     assert written < 64 * MiB  # far below the 200 MiB it would have written
 
 
@@ -61,7 +62,7 @@ def test_ordinary_archives_unpack_as_before(tmp_path: Path, compress: bool) -> N
     data = _tar(members)
     if compress:
         data = gzip.compress(data)
-    written = extract_archive(uploads.expansion_guard(io.BytesIO(data)), tmp_path / "out", 512 * MiB, 1000)
+    written = extract_archive(io.BytesIO(data), tmp_path / "out", 512 * MiB, 1000)
     assert {str(p.relative_to(tmp_path / "out")) for p in written} == set(members)
     for name, content in members.items():
         assert (tmp_path / "out" / name).read_bytes() == content
@@ -70,4 +71,12 @@ def test_ordinary_archives_unpack_as_before(tmp_path: Path, compress: bool) -> N
 def test_a_corrupt_gzip_is_bad_input(tmp_path: Path) -> None:
     data = gzip.compress(_tar({"m/a": b"x" * 1000}))
     with pytest.raises(BadInputError, match="truncated or corrupt"):
-        extract_archive(uploads.expansion_guard(io.BytesIO(data[:-30])), tmp_path / "out", MiB, 10)
+        extract_archive(io.BytesIO(data[:-30]), tmp_path / "out", MiB, 10)
+
+
+def test_without_an_expansion_bound_only_the_byte_limit_stops_a_bomb(tmp_path: Path) -> None:
+    bomb = gzip.compress(_tar({f"m/zeros{i}": bytes(MiB) for i in range(40)}), compresslevel=6)
+    with pytest.raises(BadInputError, match="unpacks to more than"):
+        extract_archive(io.BytesIO(bomb), tmp_path / "out", 32 * MiB, 1000, max_expansion=None)
+    written = sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file())
+    assert written >= 31 * MiB  # it ran on to the byte limit, past where the expansion bound stops
