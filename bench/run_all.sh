@@ -7,14 +7,4 @@ for bench in streaming_bench training_bench tfaas_bench tfaas_protocols predict_
   [[ -f bench/$bench.py ]] && "$PY" bench/$bench.py
 done
 "$PY" bench/faults.py --api  # the MLaaS4HEP API's section of results/faults.md
-{
-  echo "# Benchmark results"
-  echo
-  echo "Each figure is a ratio against a baseline measured in the same run, on the machine named in its section."
-  echo "Regenerate with \`bash bench/run_all.sh\` (provisioning times come from \`bench/provisioning_bench.py\`)."
-  echo "A part measured while the machine was busy gives its load average: rerun it on a quiet machine before quoting it."
-  for part in streaming training feature_cache predict tfaas tfaas_protocols soak faults bad_input provisioning; do
-    [[ -f bench/results/$part.md ]] && { echo; sed "s/^#/##/" "bench/results/$part.md"; }
-  done
-} > bench/RESULTS.md
-echo "wrote bench/RESULTS.md"
+bash bench/assemble.sh
