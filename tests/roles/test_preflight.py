@@ -122,6 +122,10 @@ def test_mlaas4hep_accepts_isolation_endpoints_of_another_host(preflight):
     assert_accepted(preflight("mlaas4hep", **GOOD_SOURCE, mlaas4hep_job_network_allow=allowed))
 
 
+def test_mlaas4hep_accepts_a_dask_scheduler_address(preflight):
+    assert_accepted(preflight("mlaas4hep", **GOOD_SOURCE, mlaas4hep_dask_scheduler="tcp://10.0.3.5:8786"))
+
+
 @pytest.mark.parametrize(
     ("variables", "words"),
     [
@@ -146,6 +150,14 @@ def test_mlaas4hep_accepts_isolation_endpoints_of_another_host(preflight):
             ["mlaas4hep_job_network_allow", "IP addresses"],
         ),
         ({**GOOD_SOURCE, "mlaas4hep_settings": {"job_uids": "1000-1999"}}, ["not", "mlaas4hep_settings"]),
+        (
+            {**GOOD_SOURCE, "mlaas4hep_dask_scheduler": "tcp://sched.example:8786"},
+            ["mlaas4hep_dask_scheduler", "IP address"],
+        ),
+        (
+            {**GOOD_SOURCE, "mlaas4hep_settings": {"dask_scheduler": "tcp://10.0.3.5:8786"}},
+            ["not", "mlaas4hep_settings"],
+        ),
     ],
     ids=[
         "unpinned-git",
@@ -159,6 +171,8 @@ def test_mlaas4hep_accepts_isolation_endpoints_of_another_host(preflight):
         "no-endpoint",
         "named-endpoint",
         "uids-in-settings",
+        "named-dask-scheduler",
+        "dask-scheduler-in-settings",
     ],
 )
 def test_mlaas4hep_refuses_bad_settings(preflight, variables, words):

@@ -98,6 +98,7 @@ def test_the_defaults_deploy_the_one_vm_appliance(tmp_path):
     assert front["mlaas4hep_topology_settings"] == {}
     assert front["mlaas4hep_uid"] == front["mlaas4hep_gid"] == ""
     assert front["mlaas4hep_job_network_allow"] == ["127.0.0.1:1094"]
+    assert front["mlaas4hep_dask_scheduler"] == ""  # a local Dask cluster in each predict job
     # TFaaS on the front; the roles of a multi-VM deployment do nothing.
     assert nodes["tfaas"]["applied"] and int(nodes["tfaas"]["values"]["tfaas_port"]) == 8083
     for name in ("redis_broker", "job_store", "jobs_share", "tfaas_balancer"):
@@ -113,7 +114,9 @@ def test_a_password_alone_deploys_no_broker(tmp_path):
 
 
 def test_workers_and_replicas_each_get_their_part(tmp_path):
-    nodes = evaluate(tmp_path, {**SCALED, "num_training_workers": 2, "num_tfaas_replicas": 1})
+    scheduler = "tcp://10.0.3.5:8786"
+    inputs = {**SCALED, "num_training_workers": 2, "num_tfaas_replicas": 1, "dask_scheduler": scheduler}
+    nodes = evaluate(tmp_path, inputs)
 
     front = nodes["mlaas4hep"]["values"]
     assert front["mlaas4hep_services"] == ["api"]
@@ -141,6 +144,8 @@ def test_workers_and_replicas_each_get_their_part(tmp_path):
     assert worker["mlaas4hep_services"] == ["worker"]
     assert worker["mlaas4hep_jobs_mounted"] is True
     assert worker["mlaas4hep_job_network_allow"] == [f"{FRONT}:1094"]
+    # Predict jobs run on the worker VMs: they, and the front (a one-VM appliance's worker), get it.
+    assert worker["mlaas4hep_dask_scheduler"] == front["mlaas4hep_dask_scheduler"] == scheduler
     assert (worker["mlaas4hep_uid"], worker["mlaas4hep_gid"]) == (
         front["mlaas4hep_uid"],
         front["mlaas4hep_gid"],

@@ -57,6 +57,17 @@ def test_validation_rejects_a_bad_input():
         load_template(TEMPLATE, parsed_params={"num_cpus": "four"})
 
 
+def test_the_dask_scheduler_input_is_an_ip_address_and_port_or_empty():
+    """The dashboard and the orchestrator check constraints (tosca-parser does not): the pattern itself."""
+    declared = read_yaml(TEMPLATE)["topology_template"]["inputs"]["dask_scheduler"]
+    assert declared["default"] == ""
+    (pattern,) = [c["pattern"] for c in declared["constraints"]]
+    for good in ("", "tcp://10.0.3.5:8786", "tcp://[fd00::5]:8786"):
+        assert re.fullmatch(pattern, good), good
+    for bad in ("10.0.3.5:8786", "tcp://sched.example:8786", "tls://10.0.3.5:8786", "tcp://10.0.3.5"):
+        assert not re.fullmatch(pattern, bad), bad
+
+
 def test_the_vm_opens_the_fronts_and_ssh_only():
     vm = read_yaml(TEMPLATE)["topology_template"]["node_templates"]["vm_server"]
     ports = vm["capabilities"]["endpoint"]["properties"]["ports"]
