@@ -124,6 +124,11 @@ ENV
     >"$rootfs/etc/systemd/network/50-host0.network"
   ln -sf /lib/systemd/system/systemd-networkd.service \
     "$rootfs/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+  # No name server is reachable from the bridge: lookups must fail at once, not after timeouts (XRootD looks up
+  # every peer). Names of the registries are resolved by the proxy; the hosts know each other from /etc/hosts.
+  rm -f "$rootfs/etc/resolv.conf"
+  printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$rootfs/etc/resolv.conf"
+  printf '10.231.7.10 mlh-front\n10.231.7.11 mlh-worker\n10.231.7.21 mlh-tfaas\n' >>"$rootfs/etc/hosts"
   echo "$address" >"$state/address"
   local crt
   for crt in /usr/local/share/ca-certificates/*.crt; do
@@ -139,7 +144,7 @@ ENV
     binds+=(--bind="$SHARED_JOBS:/var/lib/mlaas4hep/jobs")
   fi
   log "booting $name ($address on $BRIDGE)"
-  setsid systemd-nspawn --quiet --register=no --keep-unit --console=read-only \
+  setsid systemd-nspawn --quiet --register=no --keep-unit --console=read-only --resolv-conf=off \
     --network-bridge="$BRIDGE" -M "$name" -D "$rootfs" "${binds[@]}" -b \
     </dev/null >"$state/console.log" 2>&1 &
   echo $! >"$state/nspawn.pid"
