@@ -88,6 +88,7 @@ def submit_predict(owner: str, body: Mapping[str, Any], source: Path | None) -> 
     staging.root.mkdir(parents=True)
     try:
         urls, shown = _write_files(body["files"], source, staging, final)
+        _check_dask_inputs(config.dask_scheduler, urls, shown)
         _check_branches(bundle_dir, urls, shown, check_remote=config.check_urls)
         if fout is not None and config.check_urls:
             Destination(None, fout).refuse_existing([*friend_names(urls), MANIFEST])
@@ -172,6 +173,18 @@ def _write_files(value: Any, source: Path | None, job: JobDir, final: JobDir) ->
         "".join(f"{path.replace(str(job.inputs), str(final.inputs), 1)}\n" for path in resolved)
     )
     return resolved, entries
+
+
+def _check_dask_inputs(scheduler: str, urls: list[str], shown: list[str]) -> None:
+    """On the appliance's Dask scheduler the Dask workers read the files, and they cannot read the job's
+    uploaded copies (private to the job's uid, on another host maybe): root:// URLs only, a 400 otherwise."""
+    local = [name for url, name in zip(urls, shown, strict=True) if not url.startswith(XROOTD_SCHEMES)]
+    if scheduler and local:
+        raise BadInputError(
+            "predict jobs run on the appliance's Dask scheduler, whose workers read root:// URLs (the "
+            f"XRootD proxy) only, not uploaded files: {', '.join(map(repr, local[:3]))}"
+            + (f" and {len(local) - 3} more" if len(local) > 3 else "")
+        )
 
 
 def _check_branches(bundle_dir: Path, urls: list[str], shown: list[str], check_remote: bool) -> None:

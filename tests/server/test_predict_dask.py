@@ -18,8 +18,8 @@ from appliance.server.settings import Settings
 from servicecore.errors import BadInputError
 from servicecore.safetar import extract_archive
 from tests.inference.conftest import trained  # noqa: F401 - the session fixture, shared
-from tests.server.conftest import api_process, follow_job, http_getter, worker_process
-from tests.server.test_api import ALICE
+from tests.server.conftest import api_process, follow_job, http_getter, tar_gz, worker_process
+from tests.server.test_api import ALICE, assert_error, submit
 from tests.server.test_predict_jobs import FINAL, publish_for_alice
 from tests.support.dask_cluster import dask_cluster
 
@@ -38,6 +38,18 @@ def test_the_scheduler_setting_is_an_ip_address_and_port(tmp_path):
     ]:
         with pytest.raises(BadInputError, match=f"setting dask_scheduler: .*{message}"):
             Settings(data_dir=tmp_path, dask_scheduler=bad)
+
+
+def test_uploaded_files_are_refused_when_jobs_run_on_a_scheduler(make_app, data_dir, trained, xrootd):  # noqa: F811
+    client = make_app(check_urls="false", dask_scheduler="tcp://127.0.0.1:8786")
+    publish_for_alice(trained, data_dir)
+    upload = tar_gz({"signal.root": trained.inputs["ttree"]["signal"].read_bytes()})
+    assert client.post("/upload", data=upload, headers=ALICE).status_code == 201
+    remote = xrootd.proxy_url(xrootd.add_file(trained.inputs["ttree"]["signal"], "predictdask/up.root"))
+    body = {"kind": "predict", "model": "ttbar", "files": [remote, "signal.root"]}
+    refused = assert_error(submit(client, body), 400, "Dask scheduler", "root://", "'signal.root'")
+    assert remote not in refused["error"]
+    assert submit(client, {**body, "files": [remote]}).status_code == 201
 
 
 @pytest.mark.slow
