@@ -73,3 +73,21 @@ def test_predict_on_a_scheduler_equals_the_local_cluster(trained, xrootd, cluste
     assert json.loads((Path(unpacked[0]) / "params.json").read_text()) == json.loads(
         (trained.bundle / "params.json").read_text()
     )
+
+
+def test_a_shipped_bundle_is_unpacked_inside_its_own_directory_only(trained, tmp_path):
+    from appliance.inference.scoring import ShippedBundle, _unpack, ship_bundle
+    from servicecore.errors import BadInputError
+
+    shipped = ship_bundle(trained.bundle)
+    assert ship_bundle(trained.bundle).digest == shipped.digest  # the same bundle, the same digest
+    directory = Path(_unpack(shipped))
+    assert _unpack(shipped) == str(directory)  # once per process
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    assert sorted(p.relative_to(directory) for p in directory.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(trained.bundle) for p in trained.bundle.rglob("*") if p.is_file()
+    )
+    for name in ("../escape", "/etc/escape", "a/../../escape"):
+        with pytest.raises(BadInputError, match="not a path inside the bundle"):
+            _unpack(ShippedBundle(f"evil-{name}", ((name, b"x"),)))
+    assert not (directory.parent / "escape").exists()
