@@ -50,6 +50,7 @@ class Settings(settings.LoadableSettings):
             ),
             *("OAUTH2_PROXY_ARCHIVE", "OAUTH2_CLIENT_ID", "OAUTH2_CLIENT_SECRET"),
             *("NSPAWN_STATE", "NSPAWN_CACHE", "NSPAWN_MIRROR", "FRESH_SSH_PORT", "FRESH_KEEP"),
+            *("MH_BRIDGE", "MH_GATEWAY", "MH_PROXY_PORT", "MH_UID"),  # molecule/multihost
             # mlaas4hep_client
             *("SERVER", "TFAAS", "ISSUER", "CLIENT_ID", "CLIENT_SECRET", "FLOW", "AUDIENCE", "SCOPE"),
             *("OIDC_AGENT", "CA_BUNDLE"),
