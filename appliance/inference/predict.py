@@ -141,7 +141,7 @@ def run_predict(
             summary["events_per_s"] = round(done / summary["seconds"], 1) if summary["seconds"] else None
             atomic.write_json(staging / MANIFEST, summary)
             destination.commit(staging, [*names, MANIFEST])
-    report({"stage": "done", "events": done, "time": time.time()})
+    report({"stage": "done", "events": done})
     return summary
 
 
@@ -263,26 +263,11 @@ def predict_from_cli(args: Any) -> dict[str, Any]:
     bad input (the job worker follows it, as for training). SIGTERM (a cancelled or timed-out job) becomes
     KeyboardInterrupt, so that the staging directory is removed and no partial friend tree is left.
     """
-    import json
-    import signal
-    import threading
-
     from appliance.data.workflow import read_files_list
     from appliance.inference.bundle import resolve_bundle
+    from appliance.training.command import job_command
 
-    progress_path = getattr(args, "progress_file", None)
-    progress_file = Path(progress_path).open("a", buffering=1) if progress_path else None  # noqa: SIM115
-
-    def report(event: dict[str, Any]) -> None:
-        if progress_file is not None:
-            progress_file.write(json.dumps({**event, "time": event.get("time", time.time())}) + "\n")
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
-    try:
+    with job_command(getattr(args, "progress_file", None)) as report:
         files = read_files_list(args.files, args.redirector or "")
         bundle = resolve_bundle(args.model, args.models_dir, args.bundle)
         options = PredictOptions(
@@ -294,14 +279,6 @@ def predict_from_cli(args: Any) -> dict[str, Any]:
             processes=args.processes,
         )
         summary = run_predict(files, bundle, args.fout, options, progress=report)
-    except BadInputError as err:
-        report({"stage": "failed", "error": str(err)})
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if progress_file is not None:
-            progress_file.close()
     return {
         key: summary[key]
         for key in ("model", "version", "output", "events", "passed", "events_per_s", "engine")

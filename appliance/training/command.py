@@ -1,42 +1,70 @@
 """``mlaas4hep train`` around the trainer: progress lines for a terminal, a progress file for the job worker,
-and SIGTERM (a cancelled job) turned into KeyboardInterrupt so that temporary directories are removed.
+and SIGTERM (a cancelled job) turned into KeyboardInterrupt so that temporary directories are removed; the
+same frame (:func:`job_command`) serves ``mlaas4hep predict``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.training.run import run_training
-from appliance.training.trainer import now
 from servicecore.errors import BadInputError
 
 
-def train_from_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """``mlaas4hep train``: train, print progress unless quiet, and append progress JSON lines to a file.
+def now() -> str:
+    """The time of a progress event."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
-    SIGTERM (a cancelled job) is turned into KeyboardInterrupt so that temporary directories are removed.
+
+@contextlib.contextmanager
+def job_command(
+    progress_path: str | Path | None, describe: Callable[[Mapping[str, Any]], str] | None = None
+) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """What ``mlaas4hep train`` and ``mlaas4hep predict`` share as a job's command, around their work.
+
+    It yields ``report(event)``, which appends the event as one JSON line to ``progress_path`` (the job worker
+    follows that file), stamped with the time unless it has one, and prints ``describe(event)`` when given.
+    Bad input is reported as a ``failed`` event naming the culprit, then raised. Meanwhile SIGTERM (a
+    cancelled or timed-out job) is KeyboardInterrupt, so that temporary directories are removed.
     """
-    progress_path = Path(args.progress_file) if getattr(args, "progress_file", None) else None
-    quiet = bool(getattr(args, "quiet", False))
-    lock = threading.Lock()
-    progress_file = progress_path.open("a", buffering=1) if progress_path else None
+    lock = threading.Lock()  # training reports from its reader thread as well
+    progress_file = Path(progress_path).open("a", buffering=1) if progress_path else None  # noqa: SIM115
 
     def report(event: dict[str, Any]) -> None:
+        event = {**event, "time": event.get("time") or now()}
         with lock:
             if progress_file is not None:
                 progress_file.write(json.dumps(event, sort_keys=True, default=str) + "\n")
-            if not quiet:
-                print(describe_progress(event), file=sys.stderr, flush=True)
+            if describe is not None:
+                print(describe(event), file=sys.stderr, flush=True)
 
     previous = _terminate_as_interrupt()
     try:
+        yield report
+    except BadInputError as err:
+        report({"stage": "failed", "error": str(err)})
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if progress_file is not None:
+            progress_file.close()
+
+
+def train_from_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """``mlaas4hep train``: train, print progress unless quiet, and append progress JSON lines to a file."""
+    from appliance.training.run import run_training  # TensorFlow and the frameworks: not for predict's sake
+
+    quiet = bool(getattr(args, "quiet", False))
+    with job_command(getattr(args, "progress_file", None), None if quiet else describe_progress) as report:
         return run_training(
             files=args.files,
             labels=args.labels,
@@ -50,14 +78,6 @@ def train_from_cli(args: argparse.Namespace) -> dict[str, Any]:
             progress=report,
             init_model=getattr(args, "init_model", None),
         )
-    except BadInputError as err:
-        report({"stage": "failed", "error": str(err), "time": now()})
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if progress_file is not None:
-            progress_file.close()
 
 
 def _terminate_as_interrupt() -> Any:

@@ -19,6 +19,7 @@ from appliance.data.specs import load_or_compute_specs
 from appliance.data.streaming import EventStream
 from appliance.data.workflow import Workflow, load_workflow
 from appliance.training.bundle import check_output_directory, write_bundle
+from appliance.training.command import now
 from appliance.training.feature_cache import DEFAULT_FEATURE_CACHE_MB, FeatureCache
 from appliance.training.frameworks import (
     FrameworkModel,
@@ -28,7 +29,7 @@ from appliance.training.models import load_model, preflight_model
 from appliance.training.onnx_export import CHECK_EVENTS as ONNX_CHECK_EVENTS
 from appliance.training.onnx_export import TOLERANCE as ONNX_TOLERANCE
 from appliance.training.onnx_export import OnnxExport, export_onnx
-from appliance.training.trainer import Progress, Trainer, now
+from appliance.training.trainer import Progress, Trainer
 from appliance.training.warm_start import (
     InitModel,
     bundle_predictor,

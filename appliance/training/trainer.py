@@ -21,13 +21,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
+from appliance.training.command import now
 from appliance.training.evaluation import regression_metrics, roc_metrics, weighted_accuracy
 from appliance.training.feature_cache import FeatureCache
 from appliance.training.frameworks import (
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
 PROGRESS_INTERVAL_S = 5.0
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
