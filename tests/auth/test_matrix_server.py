@@ -98,6 +98,7 @@ ROUTES = [
     Route("GET", JOB + "/model", lambda s: f"/jobs/{s.alice_job}/model", 409),
     Route("GET", JOB + "/plots/{name}.png", lambda s: f"/jobs/{s.alice_job}/plots/roc.png", 409),
     Route("GET", JOB + "/plots/{name}.png", lambda s: f"/jobs/{s.alice_job}/plots/loss.png", 409),
+    Route("GET", JOB + "/friends", lambda s: f"/jobs/{s.alice_job}/friends", 409),
     # Each call cancels a job made for it.
     Route("DELETE", JOB, lambda s: f"/jobs/{s.submit(s.idp.mint(ALICE, AUDIENCE))['id']}", 202),
     # Get through to an unknown job: 404, never 401/403.
