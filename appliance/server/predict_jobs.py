@@ -28,7 +28,7 @@ from appliance.inference.friends import Destination, friend_names
 from appliance.inference.predict import MANIFEST, refuse_missing
 from appliance.inference.scoring import check_file
 from appliance.server.context import job_queue
-from appliance.server.jobdir import PRIVATE_MODE, JobDir
+from appliance.server.jobdir import JobDir
 from appliance.server.predict_worker import PREDICT, TRAIN
 from appliance.server.queue import new_job_id
 from appliance.server.store import QUEUED, Job
@@ -38,11 +38,11 @@ from appliance.server.submission import (
     _check_urls,
     _files_entries,
     _link_or_copy,
-    _make_readable,
     _resolve_entry,
     _upload_dir,
     quota_left,
     requested_resources,
+    staged_job_dir,
 )
 from servicecore.errors import BadInputError, NotFoundError
 from servicecore.naming import model_name, owner_namespace, owns
@@ -84,20 +84,12 @@ def submit_predict(owner: str, body: Mapping[str, Any], source: Path | None) -> 
         source = _upload_dir(owner, body.get("upload"))
 
     job_id = new_job_id()
-    final, staging = JobDir.of(config, job_id), JobDir.staging(config, job_id)
-    staging.root.mkdir(parents=True)
-    try:
+    with staged_job_dir(config, job_id) as (staging, final):
         urls, shown = _write_files(body["files"], source, staging, final)
         _check_dask_inputs(config.dask_scheduler, urls, shown)
         _check_branches(bundle_dir, urls, shown, check_remote=config.check_urls)
         if fout is not None and config.check_urls:
             Destination(None, fout).refuse_existing([*friend_names(urls), MANIFEST])
-        _make_readable(staging.root)
-        staging.root.chmod(PRIVATE_MODE)
-        staging.root.rename(final.root)
-    except BaseException:
-        shutil.rmtree(staging.root, ignore_errors=True)
-        raise
     job = Job(
         id=job_id,
         owner=owner,

@@ -20,7 +20,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,6 +34,7 @@ from appliance.server.network import parse_endpoints
 from appliance.server.openapi import RequestBody
 from appliance.server.queue import new_job_id
 from appliance.server.resources import Resources, require_gpu_worker
+from appliance.server.settings import Settings
 from appliance.server.store import QUEUED, Job
 from appliance.training.warm_start import InitModel, check_workflow, read_init_model
 from servicecore.errors import BadInputError, InsufficientStorageError, NotFoundError, PayloadTooLargeError
@@ -132,17 +133,8 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     if source is None:
         source = _upload_dir(owner, body.get("upload"))
     job_id = new_job_id()
-    final, staging = JobDir.of(config, job_id), JobDir.staging(config, job_id)
-    staging.root.mkdir(parents=True)
-    try:
+    with staged_job_dir(config, job_id) as (staging, final):
         model_file, has_preproc = _write_inputs(body, source, staging, final, init)
-        _make_readable(staging.root)
-        # Private to the server until a worker opens it to the job's own uid.
-        staging.root.chmod(PRIVATE_MODE)
-        staging.root.rename(final.root)
-    except BaseException:
-        shutil.rmtree(staging.root, ignore_errors=True)
-        raise
     job = Job(
         id=job_id,
         owner=owner,
@@ -417,6 +409,24 @@ def store_upload(owner: str) -> dict[str, Any]:
     pointer.write_text(upload_id)
     pointer.replace(base / LATEST_UPLOAD)
     return {"upload": upload_id, "files": sorted(str(path.relative_to(staging)) for path in files)}
+
+
+@contextlib.contextmanager
+def staged_job_dir(config: Settings, job_id: str) -> Iterator[tuple[JobDir, JobDir]]:
+    """A new job's directory, written under a staging name and renamed into place when the ``with`` body
+    ends without error (removed otherwise): a job is never seen half-written. Yields ``(staging, final)``:
+    write into ``staging``; paths a job reads at run time name ``final``."""
+    final, staging = JobDir.of(config, job_id), JobDir.staging(config, job_id)
+    staging.root.mkdir(parents=True)
+    try:
+        yield staging, final
+        _make_readable(staging.root)
+        # Private to the server until a worker opens it to the job's own uid.
+        staging.root.chmod(PRIVATE_MODE)
+        staging.root.rename(final.root)
+    except BaseException:
+        shutil.rmtree(staging.root, ignore_errors=True)
+        raise
 
 
 def _receive_archive(directory: Path, owner: str) -> list[Path]:
