@@ -308,19 +308,23 @@ def _status_ok(status: int | None, wanted: str) -> bool:
     )
 
 
+def json_body_cases(port: int, path: str, headers: dict[str, str], prefix: bytes) -> list[Case]:
+    """The JSON bodies both services must refuse: 50 MB with a length and chunked (413), 100k deep (400)."""
+    deep = nested(DEPTH, prefix[:-1])
+    return [
+        Case("50 MB JSON body with a length", lambda: exchange(port, "POST", path, headers, big_json(BIG, prefix), BIG), "413"),
+        Case("50 MB JSON body, chunked", lambda: exchange(port, "POST", path, headers, big_json(BIG, prefix)), "413"),
+        Case("JSON nested 100,000 deep", lambda: exchange(port, "POST", path, headers, [deep], len(deep)), "400"),
+    ]  # fmt: skip
+
+
 def tfaas_cases(port: int, token: str, model: str, bomb_bodies: dict[str, bytes], limit: int) -> list[Case]:
     auth = {"Authorization": f"Bearer {token}"}
     as_json = {**auth, "Content-Type": "application/json"}
     prefix = b'{"model": "%s", "values": [' % model.encode()
     tar = {**auth, "Content-Type": "application/gzip"}
     cases = [
-        Case("50 MB JSON body with a length", lambda: exchange(port, "POST", "/json", as_json, big_json(BIG, prefix), BIG), "413"),
-        Case("50 MB JSON body, chunked", lambda: exchange(port, "POST", "/json", as_json, big_json(BIG, prefix)), "413"),
-        Case(
-            "JSON nested 100,000 deep",
-            lambda: exchange(port, "POST", "/json", as_json, [nested(DEPTH, prefix[:-1])], len(nested(DEPTH, prefix[:-1]))),
-            "400",
-        ),
+        *json_body_cases(port, "/json", as_json, prefix),
         Case(
             "numeric query parameter out of range (`version=2**61+1`)",
             lambda: exchange(port, "GET", f"/params/{model}?version=2305843009213693953", auth),
@@ -395,13 +399,7 @@ def api_cases(
 
     case_extra: dict[str, Any] = {}
     cases = [
-        Case("50 MB JSON body with a length", lambda: exchange(port, "POST", "/jobs", as_json, big_json(BIG, prefix), BIG), "413"),
-        Case("50 MB JSON body, chunked", lambda: exchange(port, "POST", "/jobs", as_json, big_json(BIG, prefix)), "413"),
-        Case(
-            "JSON nested 100,000 deep",
-            lambda: exchange(port, "POST", "/jobs", as_json, [nested(DEPTH, prefix[:-1])], len(nested(DEPTH, prefix[:-1]))),
-            "400",
-        ),
+        *json_body_cases(port, "/jobs", as_json, prefix),
         Case(
             "log `offset` out of range (2**61+1)",
             lambda: exchange(port, "GET", f"/jobs/{job}/logs?offset=2305843009213693953", auth),
