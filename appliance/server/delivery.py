@@ -11,6 +11,9 @@ the other, in the store's order (a version waits while an earlier one to the sam
 TFaaS numbers each upload as the next version: the number it answers must be the store's, or the delivery is
 recorded as refused with both numbers. A replica that is down is retried with exponential backoff (1 s
 doubling up to ``delivery_backoff_max_s``), so it catches up when it returns, in order.
+
+Both the token request and the uploads verify TLS against ``auth.ca_bundle`` when it is set (the CA file the
+services already use for a private issuer, servicecore.auth), else against the system store.
 """
 
 from __future__ import annotations
@@ -41,12 +44,19 @@ class DeliveryError(RuntimeError):
         self.permanent = permanent
 
 
+def tls_verify(settings: Settings) -> str | bool:
+    """What requests verifies TLS with: the services' ``auth.ca_bundle``, else the system store."""
+    return settings.auth_settings.ca_bundle or True
+
+
 class ServiceToken:
     """The workers' access token from the client-credentials grant, reused until shortly before it expires."""
 
     def __init__(self, settings: Settings, session: requests.Session) -> None:
         self.settings = settings
         self.session = session
+        # Given on every call: a Session's own ``verify`` loses to $REQUESTS_CA_BUNDLE, a call's does not.
+        self.verify = tls_verify(settings)
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
@@ -65,7 +75,9 @@ class ServiceToken:
     def _fetch(self) -> tuple[str, float]:
         issuer = self.settings.delivery_issuer.rstrip("/")
         try:
-            discovery = self.session.get(f"{issuer}/.well-known/openid-configuration", timeout=30)
+            discovery = self.session.get(
+                f"{issuer}/.well-known/openid-configuration", timeout=30, verify=self.verify
+            )
             discovery.raise_for_status()
             form = {"grant_type": "client_credentials"}
             if self.settings.delivery_audience:
@@ -75,6 +87,7 @@ class ServiceToken:
                 data=form,
                 auth=(self.settings.delivery_client_id, self.settings.delivery_client_secret),
                 timeout=30,
+                verify=self.verify,
             )
         except (requests.RequestException, ValueError, KeyError) as err:
             raise DeliveryError(f"no service token from {issuer}: {err}") from None
@@ -137,6 +150,7 @@ class Deliverer:
                         "Content-Type": "application/gzip",
                     },
                     timeout=UPLOAD_TIMEOUT_S,
+                    verify=self.token.verify,
                 )
             except requests.RequestException as err:
                 raise DeliveryError(f"replica unreachable: {err.__class__.__name__}") from None

@@ -4,12 +4,14 @@
 One replica is stopped while the model is published and started again on its port: it gets the version later,
 in order, through the deliverer's backoff. Both replicas then serve the same version numbers, the store's. The
 service identity may publish into a user's namespace; an ordinary user still may not publish into another's.
+Over TLS, an issuer and a replica that only a private CA vouches for are reached with ``auth.ca_bundle``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -21,10 +23,10 @@ import requests
 from appliance.server.delivery import Deliverer
 from appliance.server.settings import Settings
 from appliance.server.store import DELIVERED, PENDING, JobStore
-from tests.auth.idp import IdentityProvider, User
-from tests.scaling.servers import tfaas_replica
+from tests.auth.idp import IdentityProvider, User, self_signed_pair
+from tests.scaling.servers import REPO, tfaas_replica
 from tests.server.conftest import wait_until
-from tests.support.processes import free_port
+from tests.support.processes import free_port, running
 from tests.tfaas import bundles
 
 pytestmark = pytest.mark.slow
@@ -148,3 +150,65 @@ def test_only_the_service_identity_publishes_for_others(idp, archives, tmp_path)
             headers={"X-Forwarded-User": SERVICE.sub, "Content-Type": "application/gzip"},
         )
         assert spoofed.status_code == 401
+
+
+def test_the_token_and_the_uploads_trust_the_auth_ca_bundle(archives, tmp_path):
+    """An https issuer and an https replica whose certificate only a test CA vouches for (not the system
+    store): without ``auth.ca_bundle`` the deliverer gets no token; with it, it gets one and uploads."""
+    cert, key = self_signed_pair(tmp_path)
+    with IdentityProvider.running(tls=(cert, key)) as tls_idp:
+        tls_idp.add_client("mlaas4hep-workers", SECRET, SERVICE)
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        auth = {
+            "mode": "oidc",
+            "issuers": [tls_idp.issuer],
+            "audiences": [AUDIENCE],
+            "allow_any_user": True,
+            "publisher_subs": [SERVICE.sub],
+            "ca_bundle": str(cert),
+        }
+        argv = [
+            sys.executable, "-m", "tfaas", "--model-dir", str(tmp_path / "models"), "--port", str(port),
+            "--workers", "1",
+        ]  # fmt: skip
+        env = {
+            "TFAAS_AUTH": json.dumps(auth),
+            "TFAAS_TLS_CERT": str(cert),
+            "TFAAS_TLS_KEY": str(key),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        with running(argv, port, tmp_path / "replica.log", env=env, cwd=REPO):
+
+            def deliverer(**auth_settings: str) -> Deliverer:
+                environ = {
+                    "MLAAS4HEP_DATA_DIR": str(tmp_path / "data"),
+                    "MLAAS4HEP_TFAAS_REPLICAS": url,
+                    "MLAAS4HEP_DELIVERY_ISSUER": tls_idp.issuer,
+                    "MLAAS4HEP_DELIVERY_CLIENT_ID": "mlaas4hep-workers",
+                    "MLAAS4HEP_DELIVERY_CLIENT_SECRET": SECRET,
+                    "MLAAS4HEP_DELIVERY_AUDIENCE": AUDIENCE,
+                    "MLAAS4HEP_DELIVERY_BACKOFF_MAX_S": "1",
+                    "MLAAS4HEP_AUTH": json.dumps(auth_settings),
+                }
+                return Deliverer(Settings.load(environ=environ), store)
+
+            store = JobStore(tmp_path / "jobs.db")
+            assert store.publish_version(MODEL, "a" * 32, str(archives[0]), [url]) == 1
+            assert deliverer().run_once() is not None
+            (refused,) = store.list_deliveries(state=PENDING)
+            assert "no service token" in refused.error and "CERTIFICATE_VERIFY_FAILED" in refused.error
+
+            trusting = deliverer(ca_bundle=str(cert))
+            wait_until(lambda: trusting.run_once() is not None, 30)  # once the backoff has passed
+            (delivered,) = store.list_deliveries(state=DELIVERED)
+            assert delivered.error is None
+            reader = tls_idp.mint(ALICE, AUDIENCE)
+            answer = requests.get(
+                f"{url}/params/{MODEL}",
+                headers={"Authorization": f"Bearer {reader}"},
+                timeout=30,
+                verify=str(cert),
+            )
+            assert answer.status_code == 200 and answer.json()["version"] == 1
+            store.dispose()
