@@ -98,15 +98,29 @@ def assign_split(uniform: np.ndarray, test_fraction: float, validation_fraction:
     return split
 
 
+def share_range(read: int, task: int, tasks: int) -> tuple[int, int]:
+    """Task ``task`` of ``tasks``'s entries of a file whose first ``read`` entries are used: the task-th of
+    ``tasks`` consecutive, near-equal ranges. Every task computes the same split, and together the ranges
+    cover each file once, so the tasks' events are the single-task stream's (same split hash, entries)."""
+    return read * task // tasks, read * (task + 1) // tasks
+
+
 class EventStream:
     """Chunks of ``(x, y, split)`` over all files of a workflow; iterate ``chunks(epoch)`` once per epoch.
 
     ``threads`` (default: ``read_threads`` of params.json, whose 0 means the cores this process may use) read,
     decompress and convert on that many threads; 1 reads in one thread. The chunks are the same either way.
+    ``share`` ``(task, tasks)`` streams only that task's entry range of every file (:func:`share_range`): one
+    task of a multi-worker training.
     """
 
     def __init__(
-        self, wf: Workflow, spec: FeatureSpec, prefetch: int = 2, threads: int | None = None
+        self,
+        wf: Workflow,
+        spec: FeatureSpec,
+        prefetch: int = 2,
+        threads: int | None = None,
+        share: tuple[int, int] | None = None,
     ) -> None:
         if not spec.dataset.get("files"):
             raise ValueError("the feature spec carries no data set description; compute it with pass 1")
@@ -124,6 +138,8 @@ class EventStream:
         weights = spec.dataset.get("weights") or {}
         self._file_factors = np.asarray(weights.get("file_factor") or [1.0] * len(self.files))
         self._trees: dict[str, Any] = {}  # opened once: reading a TTree's metadata costs ~50 ms per file
+        self.share = share
+        self._ranges = [share_range(f["read"], *share) if share else (0, f["read"]) for f in self.files]
 
     def _tree(self, url: str) -> Any:
         if url not in self._trees:
@@ -142,6 +158,12 @@ class EventStream:
     def total_events(self) -> int:
         return int(self.spec.dataset["events"])
 
+    @property
+    def share_fraction(self) -> float:
+        """The fraction of the read entries this stream streams (1.0 without a share)."""
+        read = sum(f["read"] for f in self.files)
+        return sum(stop - start for start, stop in self._ranges) / read if read else 1.0
+
     def class_weights(self) -> dict[int, float]:
         """Weights that balance the classes: total / (classes * events of the class)."""
         counts = np.asarray(self.spec.dataset["class_counts"], dtype=np.float64)
@@ -157,16 +179,16 @@ class EventStream:
 
     def _produce(self, epoch: int) -> Iterator[Chunk]:
         params = self.wf.params
-        total = sum(f["read"] for f in self.files)
+        total = max(1, sum(stop - start for start, stop in self._ranges))
         chunk_size = params.chunk_size if params.chunk_size > 0 else total
         block_size = max(chunk_size, MIN_READ_EVENTS)
         # Each file's share of a block is one step; uproot is asked for `steps_per_read` steps at a time and
         # the result is cut at the step boundaries, so the blocks are those of step-by-step reading.
         steps_per_read = max(1, READ_EVENTS // block_size)
         steps = [
-            (index, entry["url"], max(1, round(block_size * entry["read"] / total)), entry["read"])
-            for index, entry in enumerate(self.files)
-            if entry["read"] > 0
+            (index, entry["url"], max(1, round(block_size * (stop - start) / total)), stop)
+            for (index, entry), (start, stop) in zip(enumerate(self.files), self._ranges, strict=True)
+            if stop > start
         ]
         rng = np.random.default_rng([params.seed, epoch])
         if self.threads <= 1:
@@ -190,7 +212,8 @@ class EventStream:
         """One file's parts, one per step, read and converted in this thread."""
         tree = self._tree(url)
         buffers = Buffers(self.dim)
-        for read in iterate(tree, self.read_branches, step * steps_per_read, 0, stop, url):
+        start = self._ranges[index][0]
+        for read in iterate(tree, self.read_branches, step * steps_per_read, start, stop, url):
             yield from _parts_then_release(self._convert_steps(index, url, step, buffers, read), buffers)
 
     def _parallel_rounds(
@@ -204,8 +227,15 @@ class EventStream:
         with ThreadPoolExecutor(self.threads) as decompression, LanePool(self.threads) as pool:
             sources = []
             for index, url, step, stop in steps:
+                start = self._ranges[index][0]
                 reads = iterate(
-                    self._tree(url), self.read_branches, step * steps_per_read, 0, stop, url, decompression
+                    self._tree(url),
+                    self.read_branches,
+                    step * steps_per_read,
+                    start,
+                    stop,
+                    url,
+                    decompression,
                 )
                 buffers = Buffers(self.dim)
                 convert = partial(self._convert_steps, index, url, step, buffers)

@@ -20,6 +20,12 @@ from appliance.data.streaming import EventStream
 from appliance.data.workflow import Workflow, load_workflow
 from appliance.training.bundle import check_output_directory, write_bundle
 from appliance.training.command import now
+from appliance.training.distributed import (
+    cluster_from_env,
+    create_strategy,
+    describe,
+    refuse_framework,
+)
 from appliance.training.feature_cache import DEFAULT_FEATURE_CACHE_MB, FeatureCache
 from appliance.training.frameworks import (
     FrameworkModel,
@@ -132,9 +138,15 @@ def run_training(
     With ``init_model`` (a bundle directory) the model starts from that bundle's weights and keeps its input
     transform (``appliance.training.warm_start``); the test metrics then hold the old model's beside the new
     one's (``init_model_auc`` ...). Returns ``{"bundle", "published", "name", "version", "metrics"}``.
+
+    Under ``TF_CONFIG`` naming several workers, this process is one task of a multi-worker training
+    (``appliance.training.distributed``): task 0 returns as above; the others train their share and return
+    ``{"bundle": None, "task": i, ...}`` without writing anything.
     """
     report = progress or (lambda event: None)
     started = time.monotonic()
+    cluster = cluster_from_env()
+    strategy = create_strategy() if cluster is not None else None  # before any other TensorFlow op
     fout = Path(fout).absolute()
     check_output_directory(fout)
     model_name = check_name(name or fout.name)
@@ -152,7 +164,7 @@ def run_training(
     if init is not None:
         raw_params = params if isinstance(params, Mapping) else json.loads(Path(params).read_text())
         spec = warm_spec(init, spec, raw_params)
-    stream = EventStream(wf, spec)
+    stream = EventStream(wf, spec, share=cluster.share if cluster is not None else None)
     report(
         {
             "stage": "specs",
@@ -164,15 +176,20 @@ def run_training(
     )
 
     configure_reproducibility(wf.params.seed)
-    user_model, encoding = load_model(
-        model,
-        spec.dim,
-        stream.n_classes,
-        options=wf.params.training,
-        batch_size=wf.params.batch_size,
-        seed=wf.params.seed,
-        regression=stream.regression,
-    )
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        user_model, encoding = load_model(
+            model,
+            spec.dim,
+            stream.n_classes,
+            options=wf.params.training,
+            batch_size=wf.params.batch_size,
+            seed=wf.params.seed,
+            regression=stream.regression,
+        )
+    if cluster is not None:
+        refuse_framework(framework_name(user_model), cluster)
+        if init is not None:
+            raise BadInputError(f"init_model cannot be used with {cluster.tasks} workers; ask for one worker")
     start_difference = start_from(user_model, init) if init is not None else None
     device = framework_device(user_model)
     train_share = (1.0 - wf.params.split) * (1.0 - wf.params.validation_split)
@@ -198,9 +215,30 @@ def run_training(
     try:
         cache = FeatureCache(workdir, spec.dim, cache_bound, wf.params.seed, _target_bytes(stream))
         if wf.params.epochs > 1:
-            cache.plan(int(stream.total_events * train_share))
-        trainer = Trainer(stream, user_model, encoding, workdir, class_weights, report, cache, cache_bound)
+            cache.plan(int(stream.total_events * stream.share_fraction * train_share))
+        trainer = Trainer(
+            stream,
+            user_model,
+            encoding,
+            workdir,
+            class_weights,
+            report,
+            cache,
+            cache_bound,
+            cluster,
+            strategy,
+        )
         history = trainer.fit()
+        if cluster is not None and not cluster.chief:
+            result = {
+                "bundle": None,
+                "published": None,
+                "name": model_name,
+                "version": None,
+                "task": cluster.index,
+            }
+            report({"stage": "done", **result, "time": now()})
+            return result
         report({"stage": "evaluate", "events": trainer.test.events, "time": now()})
         test, plots = trainer.evaluate()
         if init is not None and not stream.regression:
@@ -218,6 +256,10 @@ def run_training(
     )
     if onnx is not None:
         metrics["onnx"] = _onnx_metrics(onnx)
+    if cluster is not None:
+        metrics["distributed"] = describe(
+            cluster, trainer.task_counts, trainer.steps or 0, wf.params.batch_size
+        )
     if init is not None:
         metrics["init_model"] = {
             "name": init.name,
@@ -227,7 +269,7 @@ def run_training(
         }
     bundle = write_bundle(
         fout,
-        model=user_model,
+        model=trainer.model,  # a multi-worker chief's plain copy of the trained model
         onnx=onnx,
         name=model_name,
         features=spec.to_dict(),

@@ -1,5 +1,8 @@
 """Training the user's model on the streamed workflow, and producing the model bundle.
 
+One piece although above 400 lines: every framework's epochs, and a multi-worker task's, share one pass over
+the stream, one hold-out and one history record; split apart, each would carry its own copy of them.
+
 Every epoch is one pass of
 :class:`~appliance.data.streaming.EventStream` over all the data. Its training events
 feed Keras through ``tf.data`` (re-batched to ``batch_size`` and prefetched), so reading, which runs in the
@@ -9,7 +12,8 @@ size); validation runs on the cache after each epoch and the final evaluation on
 
 Progress events (``progress`` callback, ``--progress-file`` lines) are documented in docs/training.md. A
 whole run (specs, this trainer, evaluation, export, bundle) is ``appliance.training.run``; the
-``mlaas4hep train`` command around it is ``appliance.training.command``.
+``mlaas4hep train`` command around it is ``appliance.training.command``. One task of a multi-worker job
+(``cluster``) trains its share with the strategy's equal steps (``appliance.training.distributed``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ import numpy as np
 
 from appliance.data.streaming import TEST, TRAIN, VALIDATION, EventStream
 from appliance.training.command import now
+from appliance.training.distributed import (
+    Cluster,
+    DistributedEpochs,
+    exchange_counts,
+    plain_copy,
+    steps_per_epoch,
+)
 from appliance.training.evaluation import regression_metrics, roc_metrics, weighted_accuracy
 from appliance.training.feature_cache import FeatureCache
 from appliance.training.frameworks import (
@@ -70,6 +81,8 @@ class Trainer:
         progress: Progress | None = None,
         feature_cache: FeatureCache | None = None,
         holdout_bound_bytes: int = 0,
+        cluster: Cluster | None = None,
+        strategy: Any = None,
     ) -> None:
         self.stream = stream
         self.model = model
@@ -81,7 +94,8 @@ class Trainer:
         self.weighted = stream.weighted or self.class_weights is not None
         self.progress = progress or (lambda event: None)
         total, split = stream.total_events, self.params.split
-        parts = {"validation": total * (1 - split) * self.params.validation_split, "test": total * split}
+        share = total * stream.share_fraction  # the test part is every share's (the chief reads the others')
+        parts = {"validation": share * (1 - split) * self.params.validation_split, "test": total * split}
         self.validation, self.test = (
             bounded_holdout(workdir, name, stream.dim, parts[name], holdout_bound_bytes, self.params.seed)
             for name in ("validation", "test")
@@ -90,6 +104,14 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.events_read = 0
         self.failure: Exception | None = None
+        self.cluster = cluster
+        self.strategy = strategy
+        # Only the chief evaluates; the other tasks of a multi-worker job keep no hold-out.
+        self.keeps_holdouts = cluster is None or cluster.chief
+        self.filled = False  # the hold-out (and feature cache) pass is done
+        self.steps: int | None = None  # a multi-worker task's steps per epoch
+        self.in_strategy = False  # self.model is the strategy's (replicated) model
+        self.task_counts: list[int] = []  # each task's training events (multi-worker)
 
     # tf.data pipelines -------------------------------------------------------------------------------------
 
@@ -153,17 +175,17 @@ class Trainer:
     def train_arrays(self, epoch: int, counter: EpochCounter) -> Iterator[Batch]:
         """(features, class indices, sample weights or None) of the training events of one pass; the first
         pass also fills the validation and test caches."""
-        if epoch > 0 and self.cache is not None and self.cache.ready:
+        if (epoch > 0 or self.filled) and self.cache is not None and self.cache.ready:
             for x, y, w in self.cache.blocks(epoch):
                 counter.cached += len(y)
                 counter.trained += len(y)
                 yield x, y, self._weights(y, w)
             return
-        first_pass = epoch == 0
+        first_pass = epoch == 0 and not self.filled
         caching = first_pass and self.cache is not None and self.cache.writing
         for chunk in self.stream.chunks(epoch=epoch):
             counter.read += len(chunk)
-            if first_pass:
+            if first_pass and self.keeps_holdouts:
                 self.validation.append(*chunk.part(VALIDATION), chunk.weights(VALIDATION))
                 self.test.append(*chunk.part(TEST), chunk.weights(TEST))
             x, y = chunk.part(TRAIN)
@@ -177,6 +199,7 @@ class Trainer:
         if first_pass:
             self.validation.flush()
             self.test.flush()
+            self.filled = True
             if caching:
                 self.cache.finish()  # type: ignore[union-attr]
 
@@ -201,12 +224,15 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         epochs = self.params.epochs
+        epoch_steps = self._plan_distributed() if self.cluster is not None else None
         for epoch in range(epochs):
             counter = EpochCounter()
             if isinstance(self.model, FrameworkModel):
                 if epoch > 0 and self.model.single_pass:
                     break  # an estimator fitted once on its sample: another pass would change nothing
                 losses = {"loss": self._fit_framework_epoch(epoch, counter)}
+            elif epoch_steps is not None:
+                losses = self._fit_distributed_epoch(epoch, epochs, counter, epoch_steps)
             else:
                 losses = self._fit_keras_epoch(epoch, epochs, counter)
             seconds = time.monotonic() - counter.started
@@ -228,7 +254,61 @@ class Trainer:
             }
             self.history.append(record)
             self.progress({"stage": "train", **record, "time": now()})
+        if self.cluster is not None and self.cluster.chief:
+            self.model = plain_copy(self.model)  # evaluation and export run outside the strategy
+            self.in_strategy = False
+            self._read_other_tests()
         return self.history
+
+    # one task of a multi-worker job -------------------------------------------------------------------------
+
+    def _plan_distributed(self) -> DistributedEpochs:
+        """Read this task's share once (hold-out, feature cache, its training events), agree with the other
+        tasks on the steps per epoch, and build the replicas' step."""
+        assert self.cluster is not None
+        counter = EpochCounter()
+        for _ in self.train_arrays(0, counter):
+            pass
+        self._raise_failure()
+        self.events_read += counter.read
+        self.task_counts = exchange_counts(self.strategy, self.cluster, counter.trained)
+        self.steps = steps_per_epoch(self.task_counts, self.params.batch_size, self.cluster.tasks)
+        if self.steps == 0:
+            raise BadInputError(
+                f"a share has too few training events for one step of {self.params.batch_size} events over "
+                f"{self.cluster.tasks} workers (training events per worker: {self.task_counts}); "
+                "read more events, lower batch_size or ask for fewer workers"
+            )
+        signature = self._signature(self.weighted)
+        sample = tuple(
+            np.zeros([1 if d is None else d for d in spec.shape], spec.dtype.as_numpy_dtype)
+            for spec in signature
+        )
+        self.in_strategy = True
+        return DistributedEpochs(self.strategy, self.model, sample)
+
+    def _fit_distributed_epoch(
+        self, epoch: int, epochs: int, counter: EpochCounter, replicas: DistributedEpochs
+    ) -> dict[str, float | None]:
+        callback = _progress_callback(self.progress, epoch, epochs, counter)
+        # repeat(): a share's stream never ends inside the agreed steps, whatever the batches' cut.
+        dataset = self.train_dataset(epoch, counter).repeat()
+        assert self.steps is not None
+        losses = replicas.epoch(dataset, self.steps, lambda outputs: callback.on_train_batch_end(0, None))
+        self._raise_failure()
+        return {k: _number(v) for k, v in losses.items()}
+
+    def _read_other_tests(self) -> None:
+        """The chief's test part is every share's: read the other tasks' test events."""
+        assert self.cluster is not None
+        for task in range(self.cluster.tasks):
+            if task == self.cluster.index:
+                continue
+            other = EventStream(self.stream.wf, self.stream.spec, share=(task, self.cluster.tasks))
+            for chunk in other.chunks():
+                self.events_read += len(chunk)
+                self.test.append(*chunk.part(TEST), chunk.weights(TEST))
+        self.test.flush()
 
     def _fit_keras_epoch(self, epoch: int, epochs: int, counter: EpochCounter) -> dict[str, float | None]:
         callback = _progress_callback(self.progress, epoch, epochs, counter)
@@ -267,8 +347,10 @@ class Trainer:
                 "loss": cross_entropy(probabilities, y, w),
                 "accuracy": float(np.mean(np.argmax(probabilities, axis=1) == y)),
             }
+        # A multi-worker task's model lives in the strategy: the chief validates a plain copy.
+        model = plain_copy(self.model) if self.in_strategy else self.model
         with _quiet_end_of_data():
-            scores = self.model.evaluate(self.holdout_dataset(holdout), verbose=0, return_dict=True)
+            scores = model.evaluate(self.holdout_dataset(holdout), verbose=0, return_dict=True)
         self._raise_failure()
         return {k: _number(v) for k, v in scores.items()}
 
