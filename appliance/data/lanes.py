@@ -6,13 +6,16 @@ while the previous one is converted and consumed, and other files' lanes read at
 zstd, lz4 and most of NumPy release the GIL, which is what lets threads use more than one core here. The
 consumer takes each lane's parts in order, so the result is the serial one whatever the timing.
 
-Also here, the other threading pieces of the stream: the buffers a file's reads are converted into, and the
-background thread that keeps a few chunks ready for the consumer.
+Also here, the other threading and memory pieces of the stream: the buffers a file's reads are converted into,
+the background thread that keeps a few chunks ready for the consumer, and glibc's settings for the stream's
+large arrays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import queue
 import threading
@@ -24,6 +27,37 @@ from typing import Any
 import numpy as np
 
 END: Any = object()  # what a lane returns once its reads are exhausted
+
+# glibc's mallopt parameters (malloc.h) and the values the stream sets: arrays up to 32 MiB (glibc's largest
+# threshold on 64-bit) come from the heap instead of their own mmap, and freed memory is returned to the
+# system only past 1 GiB at the top of a heap.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 1 << 30
+_malloc_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep the memory of freed arrays for the next ones instead of unmapping it (once a process).
+
+    A read's arrays (uproot's baskets, the converted rows, each block) are a few MiB to ~30 MiB: by default
+    glibc maps each into fresh pages and unmaps it when freed, so every block pays its page faults again, and
+    with several threads each unmapping also stops the other cores (TLB shootdowns). That system time was
+    about a third of the stream's CPU above a bare ``uproot.iterate`` (bench/results/streaming.md). Memory
+    stays bounded by the stream's peak, which the heap then keeps. False where there is no glibc ``mallopt``.
+    """
+    global _malloc_kept
+    if _malloc_kept is None:
+        try:
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        except (OSError, AttributeError):  # not glibc
+            _malloc_kept = False
+        else:
+            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            _malloc_kept = bool(
+                mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+            )
+    return _malloc_kept
 
 
 def available_cores() -> int:

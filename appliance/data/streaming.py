@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 
 from appliance.data.features import FeatureSpec
-from appliance.data.lanes import END, Buffers, Lane, LanePool, available_cores, prefetched
+from appliance.data.lanes import (
+    END,
+    Buffers,
+    Lane,
+    LanePool,
+    available_cores,
+    keep_freed_memory,
+    prefetched,
+)
 from appliance.data.sources import compressed_bytes, iterate, open_tree
 from appliance.data.specs import load_or_compute_specs, passing_events
 from appliance.data.targets import loss_weights, raw_weights, target_values
@@ -140,6 +148,7 @@ class EventStream:
         self._trees: dict[str, Any] = {}  # opened once: reading a TTree's metadata costs ~50 ms per file
         self.share = share
         self._ranges = [share_range(f["read"], *share) if share else (0, f["read"]) for f in self.files]
+        keep_freed_memory()  # large arrays reuse freed memory instead of fresh pages (data.lanes)
 
     def _tree(self, url: str) -> Any:
         if url not in self._trees:
@@ -351,15 +360,24 @@ def _assemble(parts: list[Chunk], rng: np.random.Generator | None) -> Chunk:
         empty(first.x), empty(first.y), empty(first.split), None if first.w is None else empty(first.w)
     )
     offset = 0
+    x = _row_items(block.x)
     for part in parts:
         where = rows[offset : offset + len(part)]
-        block.x[where] = part.x
+        x[where] = _row_items(part.x)
         block.y[where] = part.y
         block.split[where] = part.split
         if block.w is not None and part.w is not None:
             block.w[where] = part.w
         offset += len(part)
     return block
+
+
+def _row_items(x: np.ndarray) -> np.ndarray:
+    """``x``'s rows as one opaque item each: NumPy then moves a row with one memcpy instead of element by
+    element (the block's scatter is ~25% faster). ``x`` itself where its rows are not contiguous."""
+    if x.ndim != 2 or x.shape[1] == 0 or not x.flags.c_contiguous:
+        return x
+    return x.view(np.dtype((np.void, x.shape[1] * x.itemsize))).reshape(len(x))
 
 
 def read_workflow(
