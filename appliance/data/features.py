@@ -142,8 +142,10 @@ class FeatureSpec:
             destination, keep = slots.get(offsets, stats.length)
             if destination.size:
                 values = content if keep is None else content[keep]
-                # Cast first: a scatter that casts as it writes is ~2x slower (the values are the same).
-                flat_out[position:][destination] = self._normalise(stats, values).astype(np.float32)
+                # Cast first: a scatter that casts as it writes is ~2x slower (the values are the same); a
+                # float32 branch is normalised in float32 already, and is not copied again.
+                normalised = self._normalise(stats, values).astype(np.float32, copy=False)
+                flat_out[position:][destination] = normalised
                 if self.mask:
                     flat_out[mask_position:][destination] = 1.0
             position += stats.length
