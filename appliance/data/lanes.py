@@ -42,8 +42,8 @@ def keep_freed_memory() -> bool:
 
     A read's arrays (uproot's baskets, the converted rows, each block) are a few MiB to ~30 MiB: by default
     glibc maps each into fresh pages and unmaps it when freed, so every block pays its page faults again, and
-    with several threads each unmapping also stops the other cores (TLB shootdowns). That system time was
-    about a third of the stream's CPU above a bare ``uproot.iterate`` (bench/results/streaming.md). Memory
+    with several threads each unmapping also stops the other cores (TLB shootdowns). That was most of the
+    system time the stream spent above a bare ``uproot.iterate`` (docs/streaming.md). Memory
     stays bounded by the stream's peak, which the heap then keeps. False where there is no glibc ``mallopt``.
     """
     global _malloc_kept
