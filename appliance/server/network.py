@@ -11,6 +11,12 @@ namespace belongs to the thread, so the worker's other threads stay outside, and
 thread, inherits it. The relays run in threads started from the worker's own namespace, so their outgoing
 connections leave from the real one. With ``job_network: host`` (or a worker that is not root) the job
 shares the host's network.
+
+A task of a multi-worker job is also *reached*: its peers connect to the port its worker reserved on
+``worker_address`` (``inbound``), and each such connection is relayed into the namespace, to the same port on
+the namespace's loopback, where the task's TensorFlow server listens (it binds every address). The inner
+socket is made by a thread that entered the namespace (``setns`` on the namespace thread's
+``/proc/thread-self/ns/net``), since a socket belongs to the namespace it was created in.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import ctypes
 import fcntl
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -91,6 +98,25 @@ def _unshare_network() -> None:
         raise OSError(errno, f"unshare(CLONE_NEWNET) failed: {__import__('os').strerror(errno)}")
 
 
+def _enter_network(namespace_fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(namespace_fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns(CLONE_NEWNET) failed: {os.strerror(errno)}")
+
+
+def _add_to_loopback(endpoint: Endpoint) -> None:
+    """Put a non-loopback address on the namespace's loopback, so that the job reaches it there."""
+    if ipaddress.ip_address(endpoint.address).is_loopback:
+        return
+    prefix = 128 if endpoint.family == socket.AF_INET6 else 32
+    subprocess.run(  # in this thread's namespace: the job's
+        ["ip", "address", "add", f"{endpoint.address}/{prefix}", "dev", "lo"],
+        check=False,
+        capture_output=True,
+    )
+
+
 def _loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH14s", b"lo", 0, b"")
@@ -99,14 +125,7 @@ def _loopback_up() -> None:
 
 
 def _listen(endpoint: Endpoint) -> socket.socket | None:
-    if not ipaddress.ip_address(endpoint.address).is_loopback:
-        # The address must exist in the namespace for the job to reach it: put it on the loopback.
-        prefix = 128 if endpoint.family == socket.AF_INET6 else 32
-        subprocess.run(  # in this thread's namespace: the job's
-            ["ip", "address", "add", f"{endpoint.address}/{prefix}", "dev", "lo"],
-            check=False,
-            capture_output=True,
-        )
+    _add_to_loopback(endpoint)  # the address must exist in the namespace for the job to reach it
     sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -125,8 +144,13 @@ def _listen(endpoint: Endpoint) -> socket.socket | None:
 class JobNetwork:
     """One job's namespace and its relays; ``start`` runs the job inside, ``close`` ends the relays."""
 
-    def __init__(self, allowed: list[Endpoint]) -> None:
+    def __init__(
+        self, allowed: list[Endpoint], inbound: tuple[Endpoint, socket.socket | None] | None = None
+    ) -> None:
+        """``inbound``: this job's own endpoint and the listening socket outside that reaches it."""
         self.allowed = allowed
+        self.inbound = inbound
+        self._namespace_fd: int | None = None
         self._listeners: list[tuple[Endpoint, socket.socket]] = []
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -145,6 +169,9 @@ class JobNetwork:
             try:
                 _unshare_network()
                 _loopback_up()
+                if self.inbound is not None:
+                    self._namespace_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+                    _add_to_loopback(self.inbound[0])  # the job may reach itself at its own address
                 for endpoint in self.allowed:
                     listener = _listen(endpoint)
                     if listener is not None:
@@ -163,10 +190,19 @@ class JobNetwork:
         # Started from this (the worker's) namespace: the relays connect out from the real network.
         for endpoint, listener in self._listeners:
             threading.Thread(target=self._accept, args=(endpoint, listener), daemon=True).start()
+        if self.inbound is not None and self.inbound[1] is not None:
+            own, outside = self.inbound
+            outside.settimeout(ACCEPT_POLL_S)
+            inner = Endpoint("::1" if own.family == socket.AF_INET6 else "127.0.0.1", own.port)
+            threading.Thread(target=self._accept, args=(inner, outside, True), daemon=True).start()
         return outcome["process"]  # type: ignore[return-value]
 
     def close(self) -> None:
         self._stopping.set()
+        if self._namespace_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._namespace_fd)
+            self._namespace_fd = None
         for _, listener in self._listeners:
             with contextlib.suppress(OSError):
                 listener.close()
@@ -176,7 +212,8 @@ class JobNetwork:
                     connection.close()
             self._connections.clear()
 
-    def _accept(self, endpoint: Endpoint, listener: socket.socket) -> None:
+    def _accept(self, endpoint: Endpoint, listener: socket.socket, into_namespace: bool = False) -> None:
+        """Relay each connection to ``listener`` to ``endpoint``: outside, or inside the job's namespace."""
         while not self._stopping.is_set():
             try:
                 inner, _ = listener.accept()
@@ -190,10 +227,15 @@ class JobNetwork:
             if crowded:
                 inner.close()
                 continue
-            threading.Thread(target=self._relay, args=(endpoint, inner), daemon=True).start()
+            threading.Thread(target=self._relay, args=(endpoint, inner, into_namespace), daemon=True).start()
 
-    def _relay(self, endpoint: Endpoint, inner: socket.socket) -> None:
+    def _relay(self, endpoint: Endpoint, inner: socket.socket, into_namespace: bool = False) -> None:
         try:
+            if into_namespace:
+                # This thread enters the job's namespace for good: it only serves this one connection.
+                if self._namespace_fd is None:
+                    raise OSError("the job's namespace is gone")
+                _enter_network(self._namespace_fd)
             outer = socket.create_connection((endpoint.address, endpoint.port), timeout=10)
         except OSError:
             inner.close()

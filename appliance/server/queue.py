@@ -3,7 +3,8 @@
 The queue is ``SqliteHuey`` in ``DATA_DIR/queue.db`` by default, or ``RedisHuey`` when ``queue_url`` names a
 Redis broker, so several worker machines can share it. A queue message only carries a job id; a job runs
 once because a worker must first claim it in the store, which also makes duplicate or stale messages
-harmless.
+harmless. A job asking for ``workers`` N > 1 gets N messages, (job id, task index), one per task
+(``run_task``; docs/scaling.md, "One job on several workers").
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from appliance.server.isolation import JobIdentity, job_uids, kill_processes_of
 from appliance.server.jobdir import JobDir
 from appliance.server.predict_worker import is_predict
 from appliance.server.resources import host_gpus
-from appliance.server.runner import JobRun
+from appliance.server.runner import JobRun, TaskPlan
 from appliance.server.settings import Settings
 from appliance.server.store import (
     CANCELLED,
@@ -32,6 +33,7 @@ from appliance.server.store import (
     Job,
     JobStore,
     NoFreeIdentityError,
+    TaskOfThisWorkerError,
     now,
 )
 
@@ -66,6 +68,15 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def message_id(job_id: str, task: int) -> str:
+    """A task's queue message: the job id for task 0 (a one-worker job's only message), then ``id.task``."""
+    return job_id if task == 0 else f"{job_id}.{task}"
+
+
+def job_tasks(job: Job) -> int:
+    return int(job.resources.get("workers", 1))
+
+
 class JobQueue:
     """The store, the huey instance and the task that runs a job; the API enqueues, workers consume."""
 
@@ -92,15 +103,26 @@ class JobQueue:
         """Record the job (its directory is already in place) and queue it."""
         self.store.add(job)
         try:
-            self.huey.enqueue(self._task.s(job.id, id=job.id))
+            for task in range(job_tasks(job)):
+                self._enqueue(job.id, task)
         except Exception as err:
             self.store.finish(job.id, FAILED, error=f"the job queue refused the job: {err}")
             raise
 
+    def _enqueue(self, job_id: str, task: int) -> None:
+        args = (job_id, task) if task else (job_id,)
+        self.huey.enqueue(self._task.s(*args, id=message_id(job_id, task)))
+
+    def _later(self, job_id: str, task: int) -> None:
+        """The message again in a few seconds (for another worker, or when a uid is free)."""
+        args = (job_id, task) if task else (job_id,)
+        self._task.schedule(args=args, delay=NO_IDENTITY_RETRY_S, id=message_id(job_id, task))
+
     def cancel(self, job_id: str) -> Job | None:
         job = self.store.request_cancel(job_id)
         if job is not None and job.state == CANCELLED:
-            self.huey.revoke_by_id(job_id)
+            for task in range(job_tasks(job)):
+                self.huey.revoke_by_id(message_id(job_id, task))
         return job
 
     def reap_stale(self) -> list[str]:
@@ -138,8 +160,10 @@ class JobQueue:
         pending = {task.id for task in self.huey.pending()}
         requeued = []
         for job in self.store.list(state=QUEUED, limit=1_000_000):
-            if job.id not in pending:
-                self.huey.enqueue(self._task.s(job.id, id=job.id))
+            missing = [t for t in range(job_tasks(job)) if message_id(job.id, t) not in pending]
+            for task in missing:
+                self._enqueue(job.id, task)
+            if missing:
                 requeued.append(job.id)
         return {"failed": failed, "requeued": requeued}
 
@@ -198,29 +222,38 @@ class JobQueue:
 
     # -- the task ------------------------------------------------------------------------------------------
 
-    def run_job(self, job_id: str) -> None:
-        """The huey task: claim the job and its uid, run its training subprocess, record the outcome."""
+    def run_job(self, job_id: str, task: int = 0) -> None:
+        """The huey task: claim the job (or one task of a multi-worker job) and its uid, run its training
+        subprocess, record the outcome."""
         refusal = self.version_refusal()
         if refusal is not None:
             # Another worker (of the front's version) may take it; this one asks again later.
             log.error("job %s not taken: %s", job_id, refusal)
-            self._task.schedule(args=(job_id,), delay=NO_IDENTITY_RETRY_S, id=job_id)
+            self._later(job_id, task)
             return
-        if not self.gpus:
-            queued = self.store.get(job_id)
-            if queued is not None and queued.state == QUEUED and queued.resources.get("device") == "gpu":
-                # A worker with a GPU takes it (the API accepted it because one reported a GPU).
-                log.info("job %s not taken: it asks for a GPU and this host has none", job_id)
-                self._task.schedule(args=(job_id,), delay=NO_IDENTITY_RETRY_S, id=job_id)
-                return
+        queued = self.store.get(job_id)
+        if queued is None or queued.finished_state:
+            return
+        if not self.gpus and queued.resources.get("device") == "gpu" and (task or queued.state == QUEUED):
+            # A worker with a GPU takes it (the API accepted it because one reported a GPU).
+            log.info("job %s not taken: it asks for a GPU and this host has none", job_id)
+            self._later(job_id, task)
+            return
+        tasks = job_tasks(queued)
         try:
-            job = self.store.claim(job_id, worker_id(), job_uids(self.settings))
-        except NoFreeIdentityError as err:
-            # Every uid is busy: the job stays queued and comes back later.
-            log.warning("job %s waits: %s", job_id, err)
-            self._task.schedule(args=(job_id,), delay=NO_IDENTITY_RETRY_S, id=job_id)
+            if tasks > 1:
+                job = self.store.claim_task(job_id, task, worker_id(), job_uids(self.settings))
+            else:
+                job = self.store.claim(job_id, worker_id(), job_uids(self.settings))
+        except (NoFreeIdentityError, TaskOfThisWorkerError) as err:
+            # Every uid is busy, or this worker runs another task of the job: it comes back later.
+            log.warning("job %s (task %d) waits: %s", job_id, task, err)
+            self._later(job_id, task)
             return
         if job is None:
+            return
+        if tasks > 1:
+            self._run_task(job, TaskPlan(task, tasks))
             return
         identity = JobIdentity(job.uid) if job.uid is not None else None
         with self._running_lock:
@@ -239,6 +272,32 @@ class JobQueue:
             result = self._queue_deliveries(job, result)
         self.store.finish(job_id, state, error=error, result=result, only_from=(RUNNING,))
         log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")
+
+    def _run_task(self, job: Job, plan: TaskPlan) -> None:
+        """One task of a multi-worker job. Task 0 (the chief) records the job's outcome and publishes as a
+        one-worker job does; another task fails (or cancels) the job with its reason when it ends badly, and
+        the job's other tasks stop at their next look at the store."""
+        identity = JobIdentity(job.uid) if job.uid is not None else None
+        with self._running_lock:
+            self._running += 1
+        try:
+            state, error, result = JobRun(
+                self.settings, job, self.store, worker_id(), identity, task=plan
+            ).run()
+        except Exception as err:
+            log.exception("job %s task %d: internal error", job.id, plan.index)
+            state, error, result = FAILED, f"internal error of the worker: {err}", None
+        finally:
+            with self._running_lock:
+                self._running -= 1
+        if plan.index == 0:
+            if state == SUCCEEDED and result is not None and self.settings.replica_urls:
+                result = self._queue_deliveries(job, result)
+            self.store.finish(job.id, state, error=error, result=result, only_from=(RUNNING,))
+        elif state != SUCCEEDED:
+            reason = f"task {plan.index} of {plan.count} on {worker_id()}: {error}"
+            self.store.finish(job.id, state, error=reason, only_from=(RUNNING,))
+        log.info("job %s task %d: %s%s", job.id, plan.index, state, f" ({error})" if error else "")
 
 
 def _alive(pid: int) -> bool:

@@ -25,11 +25,14 @@ class Resources:
     cpus: int
     wall_time_s: int
     device: str = "cpu"
+    workers: int = (
+        1  # a training spread over this many workers (docs/scaling.md, "One job on several workers")
+    )
 
     @classmethod
     def from_request(cls, request: Mapping[str, Any], settings: Settings) -> Resources:
         """``memory`` ("3gb", "512MiB", a number of MiB), ``cpus`` and ``wall_time`` ("2h", seconds),
-        ``device`` ("cpu" or "gpu"), each checked against the server's limits."""
+        ``device`` ("cpu" or "gpu") and ``workers``, each checked against the server's limits."""
         memory = _quantity(request.get("memory"), MEMORY_UNITS, "memory", settings.default_memory_mb)
         cpus_value = request.get("cpus")
         if cpus_value in (None, ""):
@@ -47,6 +50,14 @@ class Resources:
             raise BadInputError(f'device must be "cpu" or "gpu", got {device!r}')
         if device == "gpu" and not settings.gpu_jobs:
             raise BadInputError('this server runs no GPU jobs (gpu_jobs is off): ask for "device": "cpu"')
+        workers = request.get("workers", 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise BadInputError(f"workers must be a positive integer, got {workers!r}")
+        if workers > settings.max_workers_per_job:
+            raise BadInputError(
+                f"workers {workers} is above this server's limit of {settings.max_workers_per_job} per job "
+                "(max_workers_per_job)"
+            )
         for what, asked, limit, unit in (
             ("memory", memory, settings.max_memory_mb, " MiB"),
             ("cpus", cpus, settings.max_cpus, ""),
@@ -57,7 +68,20 @@ class Resources:
                     f"{what} {_number(asked)}{unit} is above this server's limit of {limit}{unit}"
                 )
         return cls(
-            memory_mb=math.ceil(memory), cpus=math.ceil(cpus), wall_time_s=math.ceil(wall), device=device
+            memory_mb=math.ceil(memory),
+            cpus=math.ceil(cpus),
+            wall_time_s=math.ceil(wall),
+            device=device,
+            workers=workers,
+        )
+
+
+def require_live_workers(asked: int, live: list[WorkerBeat]) -> None:
+    """A job spread over ``asked`` workers needs that many live ones: its tasks must all run at once."""
+    if asked > len(live):
+        raise BadInputError(
+            f"workers {asked} is more than the {len(live)} live worker(s) of this server: ask for at most "
+            f"{len(live)}"
         )
 
 

@@ -1,5 +1,8 @@
 """One execution of a job: the sandboxed training (or predict) subprocess, its limits, cancel checks, outcome.
 
+One piece although above 400 lines: a multi-worker task's meeting, environment and ending are steps of the
+same execution (its directory, uid, namespace and watch), and read best between those of a one-worker job.
+
 The job runs ``python -m appliance train ...`` (a predict job: ``python -m appliance predict ...`` over the
 bundle the worker staged, ``appliance.server.predict_worker``) as an argv list (never a shell) in its own
 directory::
@@ -18,19 +21,31 @@ not used. A root worker starts the job in its own network namespace (``appliance
 
 The job writes only ``work/``; it never gets ``--publish``. When it succeeds the worker checks its bundle
 and publishes it (``appliance.server.publisher``), or checks and archives its friend trees.
+
+One task of a multi-worker job (``TaskPlan``) first meets the others: it reserves a port on
+``worker_address``, registers ``address:port`` in the store and waits until all the job's tasks have, at most
+``rendezvous_timeout_s`` (then: "k of N workers joined within T s"). The training then gets ``TF_CONFIG``
+naming every task; its namespace reaches the peers' addresses and is reached through the reserved port
+(``JobNetwork``'s inbound relay). The tasks of one job on one host share its uid and directory: every task
+opens the directory before it registers (so nothing of a sibling runs yet), and the last to end on the host
+kills what the uid left and closes it. A task other than 0 writes its own progress, specs and stdout files and
+no bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +64,29 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 EXIT_BAD_INPUT = 2
 Outcome = tuple[str, str | None, dict[str, Any] | None]
+RENDEZVOUS_POLL_S = 0.5
+JOB_ENDED = "the job ended on another worker"
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """This run is task ``index`` of a job spread over ``count`` workers."""
+
+    index: int
+    count: int
 
 
 class JobRun:
     """One execution of a job's training subprocess, with its limits, cancel checks and outcome."""
 
     def __init__(
-        self, settings: Settings, job: Job, store: JobStore, worker: str, identity: JobIdentity | None
+        self,
+        settings: Settings,
+        job: Job,
+        store: JobStore,
+        worker: str,
+        identity: JobIdentity | None,
+        task: TaskPlan | None = None,
     ) -> None:
         self.settings = settings
         self.job = job
@@ -64,6 +95,17 @@ class JobRun:
         self.worker = worker
         self.resources = Resources(**job.resources)
         self.identity = identity
+        self.task = task
+        self.cluster: list[str] = []  # every task's address:port, once they met
+        self.listener: socket.socket | None = None  # the reserved port peers reach this task at
+
+    def _task_file(self, name: str, suffix: str) -> Path:
+        """A task's own file in ``work/`` (task 0 keeps the one-worker names)."""
+        return self.directory.work / f"{name}-task{self.task.index}{suffix}"  # type: ignore[union-attr]
+
+    @property
+    def _chief(self) -> bool:
+        return self.task is None or self.task.index == 0
 
     def argv(self) -> list[str]:
         d = self.directory
@@ -88,10 +130,10 @@ class JobRun:
             "--model", str(d.model_file(request["model_file"])),
             "--params", str(d.params),
             *(["--preproc", str(d.preproc)] if request.get("preproc") else []),
-            "--specs", str(d.specs),
-            "--fout", str(d.work_bundle),
+            "--specs", str(d.specs if self._chief else self._task_file("specs", ".json")),
+            "--fout", str(d.work_bundle if self._chief else self._task_file("bundle", "")),
             "--name", self.job.model_name,
-            "--progress-file", str(d.progress),
+            "--progress-file", str(d.progress if self._chief else self._task_file("progress", ".jsonl")),
             "--quiet",
             *(["--init-model", str(d.init_model)] if request.get("init_model") else []),
         ]  # fmt: skip
@@ -139,6 +181,12 @@ class JobRun:
             # TensorFlow would take every GPU's whole memory at start, leaving none to the host's other jobs.
             env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env.update(self.settings.job_env)
+        if self.task is not None:
+            config = {
+                "cluster": {"worker": self.cluster},
+                "task": {"type": "worker", "index": self.task.index},
+            }
+            env["TF_CONFIG"] = json.dumps(config)
         return env
 
     def network(self) -> JobNetwork | None:
@@ -148,7 +196,15 @@ class JobRun:
         allowed = parse_endpoints(self.settings.job_network_allow)
         if is_predict(self.job.request):
             allowed += [e for e in scheduler_endpoints(self.settings.dask_scheduler) if e not in allowed]
-        return JobNetwork(allowed)
+        inbound = None
+        if self.task is not None:
+            # The peers are reached through relays like any allowed endpoint; this task's own port through
+            # the inbound relay from the reserved port.
+            peers = [address for i, address in enumerate(self.cluster) if i != self.task.index]
+            allowed += [e for e in parse_endpoints(",".join(peers), "a peer's address") if e not in allowed]
+            own = parse_endpoints(self.cluster[self.task.index], "worker_address")[0]
+            inbound = (own, self.listener)
+        return JobNetwork(allowed, inbound=inbound)
 
     def run(self) -> Outcome:
         d = self.directory
@@ -158,19 +214,69 @@ class JobRun:
                 log_file.write(_log_line(problem))
             return FAILED, problem, None
         open_job_dir(d, self.identity, self.settings.jobs_dir)
-        network = self.network()
+        last_on_host = True
         try:
+            if self.task is not None:
+                failure = self._rendezvous()
+                if failure is not None:
+                    return failure
+            network = self.network()
+            if network is None and self.listener is not None:
+                self.listener.close()  # the job binds the port itself, on the host's network
             try:
                 code, stopped_for = self._execute(network)
             finally:
                 if network is not None:
                     network.close()
-                if self.identity is not None:
-                    # Nothing of the job may run on while its output is checked.
+                if self.task is not None:
+                    last_on_host = self.store.finish_task(self.job.id, self.task.index, socket.gethostname())
+                if self.identity is not None and last_on_host:
+                    # Nothing of the job may run on while its output is checked (a sibling task on this host
+                    # shares the uid: the last one to end does this).
                     kill_processes_of(self.identity.uid)
             return self._outcome(code, stopped_for)
         finally:
-            close_job_dir(d, self.identity)
+            if self.listener is not None:
+                self.listener.close()
+            if last_on_host:
+                close_job_dir(d, self.identity)
+
+    def _rendezvous(self) -> Outcome | None:
+        """Reserve a port, register it, and wait for every task of the job to have registered; the outcome
+        when they do not within ``rendezvous_timeout_s`` (or the job ended meanwhile), else None."""
+        assert self.task is not None
+        host = self.settings.worker_address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, 0))
+        listener.listen(16)
+        self.listener = listener
+        port = listener.getsockname()[1]
+        address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        self.store.register_task(self.job.id, self.task.index, address)
+        with self.directory.log.open("ab") as log_file:
+            log_file.write(
+                _log_line(f"task {self.task.index} of {self.task.count} at {address} on {self.worker}")
+            )
+        timeout = self.settings.rendezvous_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.store.task_addresses(self.job.id)
+            if len(found) >= self.task.count:
+                self.cluster = [found[i] for i in range(self.task.count)]
+                return None
+            if self.store.job_stopped(self.job.id):
+                return self._stopped_outcome()
+            if time.monotonic() >= deadline:
+                return FAILED, f"{len(found)} of {self.task.count} workers joined within {timeout:g} s", None
+            time.sleep(RENDEZVOUS_POLL_S)
+
+    def _stopped_outcome(self) -> Outcome:
+        job = self.store.get(self.job.id)
+        if job is not None and job.cancel_requested:
+            return CANCELLED, "cancelled while running", None
+        return FAILED, JOB_ENDED, None
 
     def _stage_model(self) -> str | None:
         """The bundle a job reads (a warm start's init_model, a predict job's model), copied from the model
@@ -198,7 +304,8 @@ class JobRun:
     def _execute(self, network: JobNetwork | None) -> tuple[int, str | None]:
         argv = self.argv()
         d = self.directory
-        with d.log.open("ab") as log_file, d.result.open("wb") as stdout:
+        result = d.result if self._chief else d.root / f"result-task{self.task.index}.json"  # type: ignore[union-attr]
+        with d.log.open("ab") as log_file, result.open("wb") as stdout:
             log_file.write(_log_line(f"started on {self.worker}: {' '.join(argv)}"))
             log_file.flush()
 
@@ -237,8 +344,11 @@ class JobRun:
                 continue
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.settings.heartbeat_s
-                if self.store.heartbeat(self.job.id):
+                if self.task is None and self.store.heartbeat(self.job.id):
                     stopped_for = "cancelled"
+                elif self.task is not None and self.store.job_stopped(self.job.id):
+                    # A cancel, or another task ended the job: this one must not wait on it forever.
+                    stopped_for = "cancelled" if self._stopped_outcome()[0] == CANCELLED else JOB_ENDED
             if stopped_for is None and time.monotonic() >= deadline:
                 stopped_for = f"wall-time limit of {self.resources.wall_time_s} s exceeded"
             if stopped_for is not None:
@@ -251,6 +361,8 @@ class JobRun:
             return CANCELLED, "cancelled while running", None
         if stopped_for is not None:
             return FAILED, stopped_for, None
+        if code == 0 and not self._chief:
+            return SUCCEEDED, None, {"task": self.task.index}  # type: ignore[union-attr]
         if code == 0:
             return self._friends() if is_predict(self.job.request) else self._publish()
         if code == EXIT_BAD_INPUT:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from appliance.server.network import scheduler_endpoints
+from appliance.server.network import parse_endpoints, scheduler_endpoints
 from servicecore import settings
 from servicecore.auth import LOCAL_DEMO, TRUSTED_HEADER_DEMO, AuthSettings
 from servicecore.errors import BadInputError
@@ -95,6 +95,13 @@ class Settings(settings.LoadableSettings):
         60.0, "longest wait between two uploads to a replica that is down"
     )
     max_concurrent_jobs: int = _setting(1, "jobs one worker process runs at once; the others wait queued")
+    max_workers_per_job: int = _setting(4, 'most workers one training may ask for ("workers": N)')
+    worker_address: str = _setting(
+        "127.0.0.1", "IP address the other workers of a multi-worker job reach this worker at"
+    )
+    rendezvous_timeout_s: float = _setting(
+        120.0, "how long the tasks of a multi-worker job wait for each other before the job fails"
+    )
     job_user: str = _setting(
         "mlaas4hep-job", 'unprivileged user jobs run as when the worker runs as root ("" = no switch)'
     )
@@ -160,6 +167,9 @@ class Settings(settings.LoadableSettings):
         check(0 < self.port < 65536, f"port must be between 1 and 65535, got {self.port}")
         check(self.workers >= 1 and self.threads >= 1, "workers and threads must be at least 1")
         check(self.max_concurrent_jobs >= 1, "max_concurrent_jobs must be at least 1")
+        check(self.max_workers_per_job >= 1, "max_workers_per_job must be at least 1")
+        check(self.rendezvous_timeout_s > 0, "rendezvous_timeout_s must be positive")
+        parse_endpoints(f"{self.worker_address}:1", "worker_address")  # an IP address, not a name
         check(
             self.queue_url == "" or self.queue_url.startswith(QUEUE_SCHEMES),
             f'queue_url must be "" (SQLite) or a redis:// URL, got {self.queue_url!r}',

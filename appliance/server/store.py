@@ -162,6 +162,16 @@ service_info = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+job_tasks = sa.Table(
+    "job_tasks",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("task", sa.Integer, primary_key=True),
+    sa.Column("worker", sa.Text, nullable=False),
+    sa.Column("address", sa.Text),
+    sa.Column("joined", sa.Float, nullable=False),
+    sa.Column("finished", sa.Float),
+)
 JSON_COLUMNS = ("resources", "result", "request")
 PENDING, DELIVERED, REFUSED = "pending", "delivered", "refused"
 
@@ -186,6 +196,10 @@ class Delivery:
 
 class NoFreeIdentityError(RuntimeError):
     """Every uid of the reserved range belongs to a running job."""
+
+
+class TaskOfThisWorkerError(RuntimeError):
+    """This worker already runs a task of the job: another worker must take this one."""
 
 
 def store_url(target: Path | str) -> str:
@@ -271,7 +285,10 @@ class JobStore:
         """Remove a finished job's record; False when there is none, or the job has not finished."""
         query = jobs.delete().where(jobs.c.id == job_id, jobs.c.state.in_(FINISHED_STATES))
         with self._transaction() as db:
-            return db.execute(query).rowcount > 0
+            deleted = db.execute(query).rowcount > 0
+            if deleted:
+                db.execute(job_tasks.delete().where(job_tasks.c.job_id == job_id))
+            return deleted
 
     def count_by_state(self) -> dict[str, int]:
         """How many jobs are in each state (every state named, zeros included)."""
@@ -307,6 +324,101 @@ class JobStore:
                 .first()
             )
         return _job(claimed) if claimed else None
+
+    def claim_task(self, job_id: str, task: int, worker: str, uids: range | None = None) -> Job | None:
+        """One task of a multi-worker job for ``worker``: the first task to come claims the job itself
+        (queued → running, its uid), the others join it and share its uid, which no other running job holds on
+        any machine. None when the task is taken already or the job is no longer queued or running;
+        ``TaskOfThisWorkerError`` when this worker runs another task of the job (both need its cores)."""
+        stamp = now()
+        with self._transaction() as db:
+            if self.postgres:
+                db.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            rows = db.execute(
+                sa.select(job_tasks.c.task, job_tasks.c.worker).where(job_tasks.c.job_id == job_id)
+            )
+            taken = {row.task: row.worker for row in rows}
+            if task in taken:
+                return None
+            if worker in taken.values():
+                raise TaskOfThisWorkerError(f"worker {worker} runs task(s) of job {job_id} already")
+            row = db.execute(jobs.select().where(jobs.c.id == job_id)).mappings().first()
+            if row is None or row["state"] not in (QUEUED, RUNNING) or row["cancel_requested"]:
+                return None
+            if row["state"] == QUEUED:
+                uid = None
+                if uids is not None:
+                    running = sa.select(jobs.c.uid).where(jobs.c.state == RUNNING, jobs.c.uid.is_not(None))
+                    busy = set(db.execute(running).scalars())
+                    uid = next((candidate for candidate in uids if candidate not in busy), None)
+                    if uid is None:
+                        raise NoFreeIdentityError(f"all {len(uids)} job uids are in use by running jobs")
+                row = (
+                    db.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
+                        .values(state=RUNNING, started=stamp, heartbeat=stamp, worker=worker, uid=uid)
+                        .returning(*jobs.c)
+                    )
+                    .mappings()
+                    .first()
+                )
+            db.execute(job_tasks.insert().values(job_id=job_id, task=task, worker=worker, joined=stamp))
+        return _job(row) if row else None
+
+    def register_task(self, job_id: str, task: int, address: str) -> None:
+        """The address (host:port) the other tasks reach this task at."""
+        with self._transaction() as db:
+            db.execute(
+                job_tasks.update()
+                .where(job_tasks.c.job_id == job_id, job_tasks.c.task == task)
+                .values(address=address)
+            )
+
+    def task_addresses(self, job_id: str) -> dict[int, str]:
+        """The registered tasks' addresses, by task index."""
+        query = sa.select(job_tasks.c.task, job_tasks.c.address).where(
+            job_tasks.c.job_id == job_id, job_tasks.c.address.is_not(None)
+        )
+        with self._transaction() as db:
+            return {row.task: row.address for row in db.execute(query)}
+
+    def task_workers(self, job_id: str) -> dict[int, str]:
+        """Which worker took each task of the job."""
+        query = sa.select(job_tasks.c.task, job_tasks.c.worker).where(job_tasks.c.job_id == job_id)
+        with self._transaction() as db:
+            return {row.task: row.worker for row in db.execute(query)}
+
+    def finish_task(self, job_id: str, task: int, host: str) -> bool:
+        """A task ended; whether it was the last of its job on ``host`` (which then closes the directory)."""
+        with self._transaction() as db:
+            if self.postgres:
+                db.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            db.execute(
+                job_tasks.update()
+                .where(job_tasks.c.job_id == job_id, job_tasks.c.task == task)
+                .values(finished=now())
+            )
+            left = db.execute(
+                sa.select(sa.func.count()).where(
+                    job_tasks.c.job_id == job_id,
+                    job_tasks.c.worker.like(f"{host}:%"),
+                    job_tasks.c.finished.is_(None),
+                )
+            ).scalar()
+        return not left
+
+    def job_stopped(self, job_id: str) -> bool:
+        """Mark the job alive; whether it was cancelled or finished meanwhile (another task failed it, or
+        its chief finished it): the other tasks of a multi-worker job stop then."""
+        with self._transaction() as db:
+            db.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.state == RUNNING).values(heartbeat=now())
+            )
+            row = db.execute(
+                sa.select(jobs.c.state, jobs.c.cancel_requested).where(jobs.c.id == job_id)
+            ).first()
+        return row is None or row.state != RUNNING or bool(row.cancel_requested)
 
     def heartbeat(self, job_id: str) -> bool:
         """Mark a running job alive; returns whether a cancel was requested."""

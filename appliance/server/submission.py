@@ -33,7 +33,7 @@ from appliance.server.jobdir import INCOMING, PRIVATE_MODE, JobDir
 from appliance.server.network import parse_endpoints
 from appliance.server.openapi import RequestBody
 from appliance.server.queue import new_job_id
-from appliance.server.resources import Resources, require_gpu_worker
+from appliance.server.resources import Resources, require_gpu_worker, require_live_workers
 from appliance.server.settings import Settings
 from appliance.server.store import QUEUED, Job
 from appliance.training.warm_start import InitModel, check_workflow, read_init_model
@@ -79,6 +79,12 @@ WORKFLOW = RequestBody(
         "cpus": _QUANTITY,
         "wall_time": {**_QUANTITY, "example": "2h"},
         "device": {"type": "string", "enum": ["cpu", "gpu"]},
+        "workers": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "a Keras training spread over this many workers (data-parallel; at most "
+            "max_workers_per_job and the live workers)",
+        },
         "init_model": {
             "type": "string",
             "description": "<name>[/<version>] of one of your models to train further (default: its newest "
@@ -120,8 +126,10 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     name = body.get("name") or "model"
     if not isinstance(name, str):
         raise BadInputError(f"name must be a string, got {name!r}")
-    resources = requested_resources(body)
+    resources = requested_resources(body, trains=True)
     init = _init_model(owner, body.get("init_model"), config.model_repository)
+    if resources.workers > 1 and init is not None:
+        raise BadInputError(f"init_model cannot train on {resources.workers} workers: ask for one worker")
     if init is not None:
         if body.get("name") and model_name(owner, name) != init.name:
             raise BadInputError(
@@ -135,6 +143,8 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     job_id = new_job_id()
     with staged_job_dir(config, job_id) as (staging, final):
         model_file, has_preproc = _write_inputs(body, source, staging, final, init)
+        if resources.workers > 1:
+            _refuse_other_framework(staging.model_file(model_file), resources.workers)
     job = Job(
         id=job_id,
         owner=owner,
@@ -151,12 +161,18 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
     return job
 
 
-def requested_resources(body: Mapping[str, Any]) -> Resources:
-    """The resources a job asks for, within the limits; a GPU only while some live worker has one."""
+def requested_resources(body: Mapping[str, Any], trains: bool = False) -> Resources:
+    """The resources a job asks for, within the limits; a GPU only while some live worker has one, and
+    several workers (a training only) only while that many live."""
     queue = job_queue()
     resources = Resources.from_request(body, queue.settings)
-    if resources.device == "gpu":
-        require_gpu_worker(queue.store.live_workers(queue.settings.stale_after_s))
+    if resources.workers > 1 and not trains:
+        raise BadInputError("workers applies to a training; a predict job runs on one worker (and Dask)")
+    if resources.device == "gpu" or resources.workers > 1:
+        live = queue.store.live_workers(queue.settings.stale_after_s)
+        if resources.device == "gpu":
+            require_gpu_worker(live)
+        require_live_workers(resources.workers, live)
     return resources
 
 
@@ -323,6 +339,19 @@ def _write_model(value: Any, upload: Path | None, job: JobDir) -> str:
     target = job.model_file(f"model{path.suffix}")
     target.write_bytes(data)
     return target.name
+
+
+def _refuse_other_framework(model: Path, workers: int) -> None:
+    """Only Keras trains on several workers; a JSON model says its framework (a model.py only when it runs:
+    the job then fails naming it)."""
+    if model.suffix != ".json":
+        return
+    framework = json.loads(model.read_text()).get("framework", "keras")
+    if framework != "keras":
+        raise BadInputError(
+            f"a {framework} model cannot train on {workers} workers: multi-worker training is data-parallel "
+            "Keras; ask for one worker"
+        )
 
 
 def _check_urls(urls: list[str]) -> None:
