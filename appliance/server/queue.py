@@ -126,12 +126,23 @@ class JobQueue:
         return job
 
     def reap_stale(self) -> list[str]:
-        """Running jobs whose worker went silent (dead and not restarted) become failed."""
+        """Running jobs whose worker went silent (dead and not restarted) become failed; so do multi-worker
+        jobs one of whose tasks' workers went silent (the other tasks keep the job's own heartbeat fresh)."""
         limit = now() - self.settings.stale_after_s
-        return self.store.fail_interrupted(
-            lambda job: (job.heartbeat or 0) < limit,
-            f"the worker running this job stopped answering for {self.settings.stale_after_s:.0f} s",
+        silent = f"stopped answering for {self.settings.stale_after_s:.0f} s"
+        failed = self.store.fail_interrupted(
+            lambda job: (job.heartbeat or 0) < limit, f"the worker running this job {silent}"
         )
+        tasks = self.store.running_tasks()
+        if tasks:
+            live = {worker.id for worker in self.store.live_workers(self.settings.stale_after_s)}
+            for job_id, task, worker in tasks:
+                reason = f"the worker running task {task} ({worker}) {silent}"
+                if worker not in live and self.store.finish(
+                    job_id, FAILED, error=reason, only_from=(RUNNING,)
+                ):
+                    failed.append(job_id)
+        return failed
 
     def recover(self) -> dict[str, list[str]]:
         """At worker start: fail the jobs a dead worker on this host left running, and queue again the

@@ -408,6 +408,16 @@ class JobStore:
             ).scalar()
         return not left
 
+    def running_tasks(self) -> list[tuple[str, int, str]]:
+        """(job id, task, worker) of every unfinished task of a running job."""
+        query = (
+            sa.select(job_tasks.c.job_id, job_tasks.c.task, job_tasks.c.worker)
+            .join(jobs, jobs.c.id == job_tasks.c.job_id)
+            .where(jobs.c.state == RUNNING, job_tasks.c.finished.is_(None))
+        )
+        with self._transaction() as db:
+            return [(row.job_id, row.task, row.worker) for row in db.execute(query)]
+
     def job_stopped(self, job_id: str) -> bool:
         """Mark the job alive; whether it was cancelled or finished meanwhile (another task failed it, or
         its chief finished it): the other tasks of a multi-worker job stop then."""

@@ -168,3 +168,25 @@ def test_tasks_that_do_not_all_join_fail_the_job_after_the_rendezvous_timeout(tm
     assert run._rendezvous() == ("failed", "the job ended on another worker", None)
     assert time.monotonic() - started < 1
     run.listener.close()
+
+
+def test_a_task_whose_worker_went_silent_fails_its_job(tmp_path: Path):
+    """The other tasks keep the job's heartbeat fresh, so the job fails by the silent task's worker."""
+    from appliance.server.queue import JobQueue
+    from appliance.server.settings import Settings
+
+    queue = JobQueue(Settings.load(environ={"MLAAS4HEP_DATA_DIR": str(tmp_path)}))
+    job = Job(
+        id="c" * 32, owner="alice", name="n", model_name="alice.n", state=QUEUED,
+        resources={"workers": 2}, created=0.0,
+    )  # fmt: skip
+    queue.store.add(job)
+    queue.store.worker_beat("alive:1", "alive", "v", 1)
+    assert queue.store.claim_task(job.id, 0, "alive:1") is not None
+    assert queue.reap_stale() == []  # the only task's worker lives
+    assert queue.store.claim_task(job.id, 1, "ghost:2") is not None  # never beat, or long silent
+    assert queue.reap_stale() == [job.id]
+    failed = queue.store.get(job.id)
+    assert (
+        failed.state == "failed" and "the worker running task 1 (ghost:2) stopped answering" in failed.error
+    )
