@@ -1,5 +1,8 @@
 """Pass 2: stream a workflow's events as mixed, shuffled, model-ready chunks (from TTrees or RNTuples).
 
+One piece although above 400 lines: the serial and the parallel reading, a task's share and the conversion
+must yield the very same chunks in the same order, which is easiest to see with them side by side.
+
 Every chunk takes events from every file in proportion to the file's share of the data set, so all files end
 together and no file's events are left unread when a small file runs out. Each event's train, validation or
 test assignment is a hash of (seed, file, entry): it is the same in every epoch and every run with that seed,
