@@ -10,6 +10,7 @@ within 0.01 of a one-worker job on the same data. Asking for more workers than a
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and job uids nee
 ALICE = {"X-Forwarded-User": "alice"}
 TOLERANCE = 0.01  # the issue's: a two-worker job's test AUC within 0.01 of a one-worker job's
 PARAMS = {"epochs": 5, "batch_size": 64, "chunk_size": 1000, "seed": 7}
+STALE_AFTER_S = 8
 
 
 def post(url: str, body: dict) -> requests.Response:
@@ -190,3 +192,46 @@ def test_a_task_whose_worker_went_silent_fails_its_job(tmp_path: Path):
     assert (
         failed.state == "failed" and "the worker running task 1 (ghost:2) stopped answering" in failed.error
     )
+
+
+@ROOT
+def test_cancel_reaches_every_task_and_a_killed_worker_fails_the_job(data_dir, tmp_path, remote_samples):
+    settings = {"max_workers_per_job": 2, "stale_after_s": STALE_AFTER_S}
+    urls = list(remote_samples.values())
+    endless = {**PARAMS, "epochs": 100_000}
+    with (
+        api_process(data_dir, tmp_path / "api.log", **settings) as url,
+        worker_process(data_dir, tmp_path / "w1.log", *urls, **settings) as w1,
+        worker_process(data_dir, tmp_path / "w2.log", *urls, **settings) as w2,
+    ):
+        wait_until(lambda: requests.get(f"{url}/health", timeout=10).json()["live_workers"] == 2, 30)
+        get = http_getter(url, "alice")
+        store = JobStore(data_dir / "jobs.db")
+
+        def training(job_id: str) -> None:
+            follow_job(get, job_id, ("running",), 120)
+            wait_until(lambda: get(job_id)["progress"].get("epoch", 0) >= 1, 300)  # both tasks past one epoch
+
+        cancelled = post(url, workflow(remote_samples, name="cancelme", workers=2, params=endless)).json()
+        training(cancelled["id"])
+        response = requests.delete(f"{url}/jobs/{cancelled['id']}", headers=ALICE, timeout=30)
+        assert response.status_code == 202
+        done = follow_job(get, cancelled["id"], ("cancelled", "failed", "succeeded"), 60)
+        assert done["state"] == "cancelled", done
+        # Both tasks ended, whichever worker ran them.
+        wait_until(lambda: store.running_tasks() == [], 30)
+
+        doomed = post(url, workflow(remote_samples, name="doomed", workers=2, params=endless)).json()
+        training(doomed["id"])
+        task1 = store.task_workers(doomed["id"])[1]
+        victim = w1 if task1.endswith(f":{w1.pid}") else w2
+        os.kill(victim.pid, signal.SIGKILL)  # its task's training dies with it (parent-death signal)
+        victim.wait(10)
+        failed = follow_job(get, doomed["id"], ("failed", "cancelled", "succeeded"), STALE_AFTER_S + 120)
+        assert failed["state"] == "failed", failed
+        # Either the chief's training found its peer gone, or the reaper the silent worker of task 1.
+        assert "task 1" in failed["error"] or "training failed" in failed["error"], failed["error"]
+        wait_until(
+            lambda: store.running_tasks() == [] or all(w == task1 for _, _, w in store.running_tasks()), 60
+        )
+        store.dispose()
