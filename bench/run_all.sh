@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${MLAAS4HEP_VENV:-.venv}/bin/python
-for bench in streaming_bench training_bench tfaas_bench tfaas_protocols predict_bench soak faults bad_input; do
+for bench in streaming_bench training_bench tfaas_bench tfaas_protocols predict_bench soak faults bad_input scaling_bench; do
   [[ -f bench/$bench.py ]] && "$PY" bench/$bench.py
 done
 "$PY" bench/faults.py --api  # the MLaaS4HEP API's section of results/faults.md

@@ -19,8 +19,8 @@ in (the NFS mount between machines), jobs reading through a loopback XRootD prox
    polled every 20 ms), in parts. The baseline of the same round: the same bundle uploaded by a client with
    ``POST /upload`` and polled the same way, so the ratio is the delivery's own overhead.
 
-Two rounds of each by default, not three: a one-worker round of 20 jobs takes 4-5 minutes on the shared
-2-core machine, and three of each would take the bench past 25 minutes. The rounds go 1w, 2w, 2w, 1w (and so
+Two rounds of each set-up by default, not three: a one-worker round of 20 jobs takes 4-5 minutes on the
+shared 2-core machine, and two rounds of the three set-ups already take about 25 minutes with part 2. The rounds go 1w, 2w, 2w, 1w (and so
 on), so that a drift in the machine's other load weighs on both counts alike.
 
 usage: python bench/scaling_bench.py [--jobs 20] [--rounds 2] [--served 5]
