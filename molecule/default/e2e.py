@@ -25,72 +25,28 @@ import argparse
 import io
 import json
 import subprocess
-import sys
 import tarfile
 import threading
 import time
 from pathlib import Path
 
 import requests
-import uproot
 from idp import IdentityProvider, User
 
 from appliance.data.synthetic import SyntheticSchema, write_root_file
+from mlaas4hep_devtools.e2e import (
+    MODEL,
+    PARAMS,
+    Caller,
+    expect,
+    expect_refused,
+    fail,
+    first_events,
+    wait_for_params,
+)
 
-MODEL = {
-    "layers": [
-        {"type": "Dense", "units": 16, "activation": "relu"},
-        {"type": "Dense", "units": 1, "activation": "sigmoid"},
-    ],
-    "loss": "binary_crossentropy",
-    "optimizer": {"name": "adam", "learning_rate": 0.01},
-    "metrics": ["accuracy"],
-}
-PARAMS = {"nevts": -1, "chunk_size": 2000, "epochs": 2, "batch_size": 128, "branch": "Events", "seed": 1}
 # The upload paths train too; one short epoch is enough to see them publish.
 SMALL_PARAMS = {**PARAMS, "nevts": 2000, "epochs": 1}
-
-
-def fail(call: str, response: requests.Response | None = None, detail: str = "") -> None:
-    if response is not None:
-        detail = f"HTTP {response.status_code}: {response.text[:2000]}"
-    sys.exit(f"e2e: {call} failed: {detail}")
-
-
-def expect(call: str, response: requests.Response, *statuses: int) -> requests.Response:
-    if response.status_code not in statuses:
-        fail(f"{call} (expected {' or '.join(map(str, statuses))})", response)
-    print(f"{call} -> {response.status_code}", flush=True)
-    return response
-
-
-def expect_refused(call: str, response: requests.Response, status: int) -> None:
-    """A refusal in the services' one error body: ``{"error": ..., "status": N}``."""
-    expect(call, response, status)
-    try:
-        body = response.json()
-    except ValueError:
-        fail(call, response, "the refusal is not JSON")
-    if body.get("status") != status or not body.get("error"):
-        fail(call, response, "the refusal is not the {error, status} body")
-
-
-class Caller:
-    """One user's session: every request carries that user's bearer token (or none)."""
-
-    def __init__(self, token: str | None) -> None:
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def get(self, url: str, **kwargs) -> requests.Response:
-        return self.session.get(url, timeout=60, **kwargs)
-
-    def post(self, url: str, **kwargs) -> requests.Response:
-        return self.session.post(url, timeout=120, **kwargs)
-
-    def delete(self, url: str, **kwargs) -> requests.Response:
-        return self.session.delete(url, timeout=60, **kwargs)
 
 
 def wait_for_job(owner: Caller, api: str, job_id: str, timeout: float) -> dict:
@@ -321,18 +277,8 @@ def serve_and_predict(args: argparse.Namespace, owner: Caller, job: dict) -> Non
     ).json()["version"]
 
     # TFaaS reloads the repository by itself; the new version appears within a few seconds.
-    deadline = time.monotonic() + 60
-    while True:
-        params = owner.get(f"{args.tfaas}/params/{name}", params={"version": version})
-        if params.status_code == 200:
-            break
-        if time.monotonic() > deadline:
-            fail(f"TFaaS GET /params/{name}?version={version}", params)
-        time.sleep(1)
-    branches = sorted(set(params.json()["features"]["dataset"]["read_branches"]))
-    with uproot.open(job["signal_file"]) as root_file:
-        events = root_file["Events"].arrays(branches, entry_stop=3, library="ak")
-    raw = {branch: events[branch].tolist() for branch in events.fields}
+    params = wait_for_params(owner, args.tfaas, name, 60, version=version)
+    raw = first_events(job["signal_file"], params)
     predicted = expect(
         "TFaaS POST /json", owner.post(f"{args.tfaas}/json", json={"model": name, "raw": raw}), 200
     )

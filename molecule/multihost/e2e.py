@@ -21,52 +21,16 @@ Runs with the appliance's own virtual environment. Exit status 1 names the call 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-import requests
-import uproot
 from idp import IdentityProvider, User
 
 from appliance.data.synthetic import SyntheticSchema, write_root_file
+from mlaas4hep_devtools.e2e import MODEL, PARAMS, Caller, expect, fail, first_events, wait_for_params
 
-MODEL = {
-    "layers": [
-        {"type": "Dense", "units": 16, "activation": "relu"},
-        {"type": "Dense", "units": 1, "activation": "sigmoid"},
-    ],
-    "loss": "binary_crossentropy",
-    "optimizer": {"name": "adam", "learning_rate": 0.01},
-    "metrics": ["accuracy"],
-}
-PARAMS = {"nevts": -1, "chunk_size": 2000, "epochs": 2, "batch_size": 128, "branch": "Events", "seed": 1}
 # Long enough to be killed mid-way on two shared cores.
 LONG_PARAMS = {**PARAMS, "epochs": 200, "batch_size": 16}
-
-
-def fail(call: str, response: requests.Response | None = None, detail: str = "") -> None:
-    if response is not None:
-        detail = f"HTTP {response.status_code}: {response.text[:2000]}"
-    sys.exit(f"e2e: {call} failed: {detail}")
-
-
-def expect(call: str, response: requests.Response, *statuses: int) -> requests.Response:
-    if response.status_code not in statuses:
-        fail(f"{call} (expected {' or '.join(map(str, statuses))})", response)
-    print(f"{call} -> {response.status_code}", flush=True)
-    return response
-
-
-class Caller:
-    def __init__(self, token: str) -> None:
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    def get(self, url: str, **kwargs) -> requests.Response:
-        return requests.get(url, headers=self.headers, timeout=60, **kwargs)
-
-    def post(self, url: str, **kwargs) -> requests.Response:
-        return requests.post(url, headers=self.headers, timeout=300, **kwargs)
 
 
 def job_state(owner: Caller, api: str, job_id: str) -> dict:
@@ -112,7 +76,7 @@ def main() -> None:
     with IdentityProvider.running(port=args.idp_port) as idp:
         client_id, secret, sub = args.workers_client
         idp.add_client(client_id, secret, User(sub, "mlaas4hep-workers"))
-        owner = Caller(idp.mint(owner_user, "mlaas4hep"))
+        owner = Caller(idp.mint(owner_user, "mlaas4hep"), post_timeout=300)
 
         schema = SyntheticSchema(n_flat=4, n_jagged=2)
         files = {}
@@ -139,19 +103,9 @@ def main() -> None:
         name = job["model_name"]
 
         # Delivered by the worker to the replica; served through the front's port by haproxy.
-        deadline = time.monotonic() + 120
-        while True:
-            params = owner.get(f"{args.tfaas}/params/{name}")
-            if params.status_code == 200:
-                break
-            if time.monotonic() > deadline:
-                fail(f"TFaaS GET /params/{name} through the front", params)
-            time.sleep(2)
+        params = wait_for_params(owner, args.tfaas, name, 120)
         print(f"TFaaS GET /params/{name} through the front -> 200", flush=True)
-        branches = sorted(set(params.json()["features"]["dataset"]["read_branches"]))
-        with uproot.open(files["signal"]) as root_file:
-            events = root_file["Events"].arrays(branches, entry_stop=3, library="ak")
-        raw = {branch: events[branch].tolist() for branch in events.fields}
+        raw = first_events(files["signal"], params)
         predicted = expect(
             "TFaaS POST /json through the front",
             owner.post(f"{args.tfaas}/json", json={"model": name, "raw": raw}),
