@@ -14,7 +14,7 @@ directory::
 makes the kernel kill the job if its worker dies, so a killed worker never leaves an orphan training
 behind. ``prlimit`` caps the address space (the memory request), CPU seconds (a backstop) and the size of
 any file the job writes (``max_bundle_bytes``; its log included); ``taskset``
-pins the job to as many cores as it asked for, and the thread pools of TensorFlow and BLAS are sized to
+pins the job to as many cores as it asked for, free ones first (``appliance.server.cores``), and the thread pools of TensorFlow and BLAS are sized to
 match. Wall time is enforced by the worker's own timer (SIGTERM to the job's process group, SIGKILL after
 ``kill_grace_s``). PID 1 is not systemd on every host this runs on, so transient ``systemd-run`` scopes are
 not used. A root worker starts the job in its own network namespace (``appliance.server.network``).
@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.server.cores import CoreReservation, reserve_cores
 from appliance.server.isolation import JobIdentity, close_job_dir, kill_processes_of, open_job_dir
 from appliance.server.jobdir import JobDir
 from appliance.server.network import JobNetwork, parse_endpoints, scheduler_endpoints
@@ -98,6 +99,7 @@ class JobRun:
         self.task = task
         self.cluster: list[str] = []  # every task's address:port, once they met
         self.listener: socket.socket | None = None  # the reserved port peers reach this task at
+        self.cores: CoreReservation | None = None  # the cores the job is pinned to while it runs
 
     def _task_file(self, name: str, suffix: str) -> Path:
         """A task's own file in ``work/`` (task 0 keeps the one-worker names)."""
@@ -147,7 +149,7 @@ class JobRun:
             f"--cpu={r.cpus * r.wall_time_s + 60}",
             # No file the job writes (its log included) may outgrow the largest bundle it may make.
             f"--fsize={self.settings.max_bundle_bytes}", "--",
-            "taskset", "--cpu-list", _cpu_list(r.cpus),
+            "taskset", "--cpu-list", self.cores.cpu_list if self.cores is not None else _cpu_list(r.cpus),
         ]  # fmt: skip
         # setpriv comes last, so that it is the job's own parent-death signal it sets and the user switch
         # happens right before the interpreter starts.
@@ -302,6 +304,14 @@ class JobRun:
         return None
 
     def _execute(self, network: JobNetwork | None) -> tuple[int, str | None]:
+        # Free cores first, across this host's workers (appliance.server.cores), held until the job ends.
+        with reserve_cores(self.resources.cpus) as self.cores:
+            try:
+                return self._execute_on_cores(network)
+            finally:
+                self.cores = None
+
+    def _execute_on_cores(self, network: JobNetwork | None) -> tuple[int, str | None]:
         argv = self.argv()
         d = self.directory
         result = d.result if self._chief else d.root / f"result-task{self.task.index}.json"  # type: ignore[union-attr]
@@ -443,7 +453,8 @@ def _terminate(process: subprocess.Popen, grace: float) -> None:
 
 
 def _cpu_list(cpus: int) -> str:
-    """The first ``cpus`` cores this worker may use (all of them when it asks for more than there are)."""
+    """The first ``cpus`` cores this worker may use (all of them when it asks for more than there are): what
+    ``argv`` shows outside a run, which reserves the job's cores (``appliance.server.cores``)."""
     allowed = sorted(os.sched_getaffinity(0))
     return ",".join(str(c) for c in allowed[: max(1, cpus)])
 

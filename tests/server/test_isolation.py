@@ -216,6 +216,12 @@ def submit(url: str, body: dict) -> dict:
     return response.json()
 
 
+def pinned_cores(log: str) -> str:
+    """The cores a job's log says it was started on (its first line names the whole launcher)."""
+    started = next(line for line in log.splitlines() if " started on " in line)
+    return started.split("--cpu-list ", 1)[1].split()[0]
+
+
 SLEEPER = "import time\ntime.sleep(3600)\n\ndef model(idim):\n    return None\n"
 
 
@@ -249,9 +255,13 @@ def test_a_job_reaches_only_its_own_and_the_worker_publishes_it(data_dir, tmp_pa
         spy = submit(url, workflow(remote_samples, model="spy.py", name="higgs", params=TINY_PARAMS))
         done = follow_job(get, spy["id"], ("succeeded", "failed", "cancelled"), 400)
         log = requests.get(f"{url}/jobs/{spy['id']}/logs", headers=ALICE, timeout=30).text
+        sleeper_log = requests.get(f"{url}/jobs/{sleeper['id']}/logs", headers=ALICE, timeout=30).text
         assert get(sleeper["id"])["state"] == "running", get(sleeper["id"])  # still in the way, all along
         assert requests.delete(f"{url}/jobs/{sleeper['id']}", headers=ALICE, timeout=30).status_code == 202
         follow_job(get, sleeper["id"], ("cancelled",), 60)
+    if len(os.sched_getaffinity(0)) >= 2:
+        # Two one-core jobs running at once were pinned to two different cores (appliance.server.cores).
+        assert pinned_cores(log) != pinned_cores(sleeper_log), (log[:2000], sleeper_log[:2000])
     line = next((line for line in log.splitlines() if line.startswith("SPY ")), None)
     assert line is not None, log[-3000:]
     report = json.loads(line[4:])
