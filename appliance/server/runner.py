@@ -12,10 +12,10 @@ directory::
 
 ``setpriv`` drops to the job's own uid (``appliance.server.isolation``; only when the worker is root) and
 makes the kernel kill the job if its worker dies, so a killed worker never leaves an orphan training
-behind. ``prlimit`` caps the address space (the memory request), CPU seconds (a backstop) and the size of
-any file the job writes (``max_bundle_bytes``; its log included); ``taskset`` pins the job to as many cores
-as it asked for, free ones first (``appliance.server.cores``), and the thread pools of TensorFlow and BLAS
-are sized to match. Wall time is enforced by the worker's own timer (SIGTERM to the job's process group, SIGKILL after
+behind. ``prlimit`` caps the address space (the memory request), CPU seconds (a backstop) and the size of any
+file the job writes (``max_bundle_bytes``; its log included); ``taskset`` pins the job to as many cores as it
+asked for, free ones first (``appliance.server.cores``), and the thread pools of TensorFlow and BLAS are sized
+to match. Wall time is enforced by the worker's own timer (SIGTERM to the job's process group, SIGKILL after
 ``kill_grace_s``). PID 1 is not systemd on every host this runs on, so transient ``systemd-run`` scopes are
 not used. A root worker starts the job in its own network namespace (``appliance.server.network``).
 
