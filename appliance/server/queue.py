@@ -149,24 +149,20 @@ class JobQueue:
         queued jobs that have no message in the queue (so none waits forever)."""
         host = socket.gethostname()
 
-        left_running: list[int] = []
-
         def orphaned(job: Job) -> bool:
             worker_host, _, pid = (job.worker or "").rpartition(":")
             if worker_host != host or _alive(int(pid or 0)):
                 return False
-            if job.uid is not None:
-                left_running.append(job.uid)
+            # The job ran in a session of its own under its uid, so its worker's death did not end it: a
+            # failed job must not keep training (and holding its uid's files). Killed here, before the store
+            # frees the uid: afterwards another worker may hand it to a new job, which the sweep would kill.
+            if job.uid is not None and os.geteuid() == 0:
+                kill_processes_of(job.uid)
             return True
 
         failed = self.store.fail_interrupted(
             orphaned, "interrupted: the worker stopped while the job was running; submit it again"
         )
-        # The job ran in a session of its own under its uid, so its worker's death did not end it: a failed
-        # job must not keep training (and holding its uid's files) until the uid is next handed out.
-        if os.geteuid() == 0:
-            for uid in left_running:
-                kill_processes_of(uid)
         failed += self.reap_stale()
         pending = {task.id for task in self.huey.pending()}
         requeued = []
