@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -23,10 +24,35 @@ from appliance.server.settings import Settings
 from tests.support.processes import free_port, running, stop
 
 REPO = Path(__file__).resolve().parents[2]
-# Jobs run as uids of this range when the tests run as root (as on the appliance's build machine). A worker
-# kills whatever runs under a uid it gives out, so concurrent test sessions on one machine take their own ten.
-_FIRST_UID = 61100 + (os.getpid() % 88) * 10  # 61100-61989: above what a deployment here hands out first
-JOB_UIDS = range(_FIRST_UID, _FIRST_UID + 10)
+
+
+def _own_uid_range(slots: int = 88, size: int = 10, start: int | None = None) -> range:
+    """Ten job uids no other test session or bench on this machine uses while this one runs.
+
+    Jobs run as these uids when the tests run as root (as on the appliance's build machine). A worker kills
+    whatever runs under a uid it gives out, so two sessions sharing a range kill each other's jobs (seen as
+    jobs SIGKILLed at their start). A session holds an exclusive lock on its slot's file until it exits (the
+    kernel drops it then); it starts looking at a slot of its pid, so sessions rarely try the same ones.
+    """
+    locks = Path(tempfile.gettempdir()) / "mlaas4hep-test-uids"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    first_try = os.getpid() if start is None else start
+    for step in range(slots):
+        slot = (first_try + step) % slots
+        fd = os.open(locks / str(slot), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _HELD_UID_LOCKS.append(fd)  # open for the life of the process
+        first = 61100 + slot * size  # 61100-61989: above what a deployment here hands out first
+        return range(first, first + size)
+    raise RuntimeError(f"all {slots} test uid ranges are held by other sessions ({locks})")
+
+
+_HELD_UID_LOCKS: list[int] = []
+JOB_UIDS = _own_uid_range()
 TINY_MODEL = {
     "layers": [{"type": "Dense", "units": 8, "activation": "relu"},
                {"type": "Dense", "units": 1, "activation": "sigmoid"}],
