@@ -67,7 +67,7 @@ def submit_predict(owner: str, body: Mapping[str, Any], source: Path | None) -> 
     bundle when the job starts) and queue it."""
     queue = job_queue()
     config = queue.settings
-    unknown = sorted(set(body) - PREDICT_FIELDS)
+    unknown = sorted(map(str, set(body) - PREDICT_FIELDS))  # a multipart part may come without a name
     if unknown:
         raise BadInputError(
             f"a predict job takes no {', '.join(unknown)}; its fields: {', '.join(sorted(PREDICT_FIELDS))}"

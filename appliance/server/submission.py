@@ -113,7 +113,7 @@ def submit_workflow(owner: str, body: Mapping[str, Any], source: Path | None) ->
         return submit_predict(owner, body, source)
     queue = job_queue()
     config = queue.settings
-    unknown = sorted(set(body) - WORKFLOW.keys)
+    unknown = sorted(map(str, set(body) - WORKFLOW.keys))  # a multipart part may come without a name
     if unknown:
         raise BadInputError(
             f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(WORKFLOW.keys))}"

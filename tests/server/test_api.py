@@ -125,7 +125,13 @@ def test_resource_requests_above_the_limits(make_app, remote_samples):
     assert_error(submit(client, workflow(remote_samples, device="gpu")), 400, "GPU")
     ok = submit(client, workflow(remote_samples, memory="1.5gb", cpus=2, wall_time="30m"))
     assert ok.status_code == 201, ok.get_data(as_text=True)
-    assert ok.get_json()["resources"] == {"memory_mb": 1536, "cpus": 2, "wall_time_s": 1800, "device": "cpu"}
+    assert ok.get_json()["resources"] == {
+        "memory_mb": 1536,
+        "cpus": 2,
+        "wall_time_s": 1800,
+        "device": "cpu",
+        "workers": 1,
+    }
 
 
 def test_unknown_jobs_and_a_model_before_the_job_finished(client, remote_samples):
