@@ -49,7 +49,8 @@ class Settings(settings.LoadableSettings):
                 "MOLECULE_SSH_PORT",
             ),
             *("OAUTH2_PROXY_ARCHIVE", "OAUTH2_CLIENT_ID", "OAUTH2_CLIENT_SECRET"),
-            *("NSPAWN_STATE", "NSPAWN_CACHE", "NSPAWN_MIRROR", "FRESH_SSH_PORT", "FRESH_KEEP"),
+            *("NSPAWN_STATE", "NSPAWN_CACHE", "NSPAWN_MIRROR", "NSPAWN_SETUP", "NSPAWN_BINDS"),
+            *("FRESH_SSH_PORT", "FRESH_KEEP"),
             *("MH_BRIDGE", "MH_GATEWAY", "MH_PROXY_PORT", "MH_UID"),  # molecule/multihost
             # mlaas4hep_client
             *("SERVER", "TFAAS", "ISSUER", "CLIENT_ID", "CLIENT_SECRET", "FLOW", "AUDIENCE", "SCOPE"),
