@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import ipaddress
 import logging
@@ -78,6 +79,40 @@ def parse_endpoints(text: str, setting: str = "job_network_allow") -> list[Endpo
             ) from None
         endpoints.append(Endpoint(str(address), port))
     return endpoints
+
+
+def parse_port_range(text: str, setting: str) -> range | None:
+    """``"29200-29299"`` (or one port); empty means any free port (None)."""
+    if not text.strip():
+        return None
+    first, _, last = text.strip().partition("-")
+    try:
+        ports = range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise BadInputError(f"setting {setting}: {text!r} is not FIRST-LAST") from None
+    if not ports or ports[0] < 1 or ports[-1] > 65535:
+        raise BadInputError(f"setting {setting}: {text!r} is not a range of ports within 1-65535")
+    return ports
+
+
+def listen_for_peers(host: str, ports: range | None) -> socket.socket:
+    """A listening socket on ``host`` at the first free port of ``ports`` (any free port when None): where a
+    multi-worker job's task is reached by the others. The range is what a worker VM's firewall opens to the
+    other workers (``task_ports``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in ports if ports is not None else (0,):
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host, port))
+        except OSError as err:
+            listener.close()
+            if err.errno == errno.EADDRINUSE and ports is not None:
+                continue
+            raise
+        listener.listen(16)
+        return listener
+    raise BadInputError(f"every port of task_ports ({ports[0]}-{ports[-1]}) is in use on {host}")
 
 
 def scheduler_endpoints(address: str) -> list[Endpoint]:

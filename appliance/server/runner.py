@@ -52,13 +52,20 @@ from typing import Any
 from appliance.server.cores import CoreReservation, reserve_cores
 from appliance.server.isolation import JobIdentity, close_job_dir, kill_processes_of, open_job_dir
 from appliance.server.jobdir import JobDir
-from appliance.server.network import JobNetwork, parse_endpoints, scheduler_endpoints
+from appliance.server.network import (
+    JobNetwork,
+    listen_for_peers,
+    parse_endpoints,
+    parse_port_range,
+    scheduler_endpoints,
+)
 from appliance.server.predict_worker import collect_friends, is_predict, predict_result, stdout_summary
 from appliance.server.progress import last_error
 from appliance.server.publisher import BundleRefused, BundleRules, checked_copy, deliver
 from appliance.server.resources import Resources
 from appliance.server.settings import Settings
 from appliance.server.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, iso, now
+from servicecore.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -248,14 +255,13 @@ class JobRun:
         when they do not within ``rendezvous_timeout_s`` (or the job ended meanwhile), else None."""
         assert self.task is not None
         host = self.settings.worker_address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, 0))
-        listener.listen(16)
+        try:
+            listener = listen_for_peers(host, parse_port_range(self.settings.task_ports, "task_ports"))
+        except BadInputError as err:  # every port of the range taken by other tasks of this host
+            return FAILED, str(err), None
         self.listener = listener
         port = listener.getsockname()[1]
-        address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.store.register_task(self.job.id, self.task.index, address)
         with self.directory.log.open("ab") as log_file:
             log_file.write(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from appliance.server.network import parse_endpoints, scheduler_endpoints
+from appliance.server.network import parse_endpoints, parse_port_range, scheduler_endpoints
 from servicecore import settings
 from servicecore.auth import LOCAL_DEMO, TRUSTED_HEADER_DEMO, AuthSettings
 from servicecore.errors import BadInputError
@@ -100,6 +100,11 @@ class Settings(settings.LoadableSettings):
     worker_address: str = _setting(
         "127.0.0.1", "IP address the other workers of a multi-worker job reach this worker at"
     )
+    task_ports: str = _setting(
+        "",
+        "ports (FIRST-LAST) a multi-worker job's task listens on for its peers; empty: any free port (one "
+        "host). A worker VM's firewall opens this range to the other workers",
+    )
     rendezvous_timeout_s: float = _setting(
         120.0, "how long the tasks of a multi-worker job wait for each other before the job fails"
     )
@@ -171,6 +176,7 @@ class Settings(settings.LoadableSettings):
         check(self.max_workers_per_job >= 1, "max_workers_per_job must be at least 1")
         check(self.rendezvous_timeout_s > 0, "rendezvous_timeout_s must be positive")
         parse_endpoints(f"{self.worker_address}:1", "worker_address")  # an IP address, not a name
+        parse_port_range(self.task_ports, "task_ports")
         check(
             self.queue_url == "" or self.queue_url.startswith(QUEUE_SCHEMES),
             f'queue_url must be "" (SQLite) or a redis:// URL, got {self.queue_url!r}',

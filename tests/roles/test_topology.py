@@ -210,6 +210,11 @@ def test_every_group_gets_its_part(tmp_path):
     assert settings["auth"]["owner_sub"] == "7a3b-owner-sub"
     assert worker["appliance_base_public_tcp_ports"] == []
     assert not worker["appliance_base_tls_enabled"]
+    # A multi-worker job's tasks listen in one range, open to the other workers only.
+    assert settings["worker_address"] == "10.0.0.11" and settings["task_ports"] == "29200-29299"
+    rules = worker["appliance_base_private_tcp_ports"]
+    ranges = [(int(r["port"]), int(r["last_port"]), r["sources"]) for r in rules]
+    assert ranges == [(29200, 29299, ["10.0.0.12"])]
 
     # A replica: TFaaS on its private address, open to the front and the workers, the workers may publish.
     assert replica["mlaas4hep_services"] == []
