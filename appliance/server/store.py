@@ -306,23 +306,7 @@ class JobStore:
         with self._transaction() as db:
             if self.postgres:  # claims one after the other, so two never pick the same free uid
                 db.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-            uid = None
-            if uids is not None:
-                running = sa.select(jobs.c.uid).where(jobs.c.state == RUNNING, jobs.c.uid.is_not(None))
-                taken = set(db.execute(running).scalars())
-                uid = next((candidate for candidate in uids if candidate not in taken), None)
-                if uid is None:
-                    raise NoFreeIdentityError(f"all {len(uids)} job uids are in use by running jobs")
-            claimed = (
-                db.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
-                    .values(state=RUNNING, started=stamp, heartbeat=stamp, worker=worker, uid=uid)
-                    .returning(*jobs.c)
-                )
-                .mappings()
-                .first()
-            )
+            claimed = _claim_queued(db, job_id, worker, uids, stamp)
         return _job(claimed) if claimed else None
 
     def claim_task(self, job_id: str, task: int, worker: str, uids: range | None = None) -> Job | None:
@@ -346,23 +330,7 @@ class JobStore:
             if row is None or row["state"] not in (QUEUED, RUNNING) or row["cancel_requested"]:
                 return None
             if row["state"] == QUEUED:
-                uid = None
-                if uids is not None:
-                    running = sa.select(jobs.c.uid).where(jobs.c.state == RUNNING, jobs.c.uid.is_not(None))
-                    busy = set(db.execute(running).scalars())
-                    uid = next((candidate for candidate in uids if candidate not in busy), None)
-                    if uid is None:
-                        raise NoFreeIdentityError(f"all {len(uids)} job uids are in use by running jobs")
-                row = (
-                    db.execute(
-                        jobs.update()
-                        .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
-                        .values(state=RUNNING, started=stamp, heartbeat=stamp, worker=worker, uid=uid)
-                        .returning(*jobs.c)
-                    )
-                    .mappings()
-                    .first()
-                )
+                row = _claim_queued(db, job_id, worker, uids, stamp)
             db.execute(job_tasks.insert().values(job_id=job_id, task=task, worker=worker, joined=stamp))
         return _job(row) if row else None
 
@@ -652,6 +620,29 @@ class JobStore:
     def worker_heartbeat(self, worker: str) -> float | None:
         with self._transaction() as db:
             return db.execute(sa.select(workers.c.heartbeat).where(workers.c.id == worker)).scalar()
+
+
+def _claim_queued(db: Connection, job_id: str, worker: str, uids: range | None, stamp: float) -> Any:
+    """Inside a claim's transaction: queued → running for ``worker`` with the lowest of ``uids`` no running
+    job holds; the job's row, or None when it is no longer queued. ``NoFreeIdentityError`` when every uid is
+    taken."""
+    uid = None
+    if uids is not None:
+        running = sa.select(jobs.c.uid).where(jobs.c.state == RUNNING, jobs.c.uid.is_not(None))
+        taken = set(db.execute(running).scalars())
+        uid = next((candidate for candidate in uids if candidate not in taken), None)
+        if uid is None:
+            raise NoFreeIdentityError(f"all {len(uids)} job uids are in use by running jobs")
+    return (
+        db.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
+            .values(state=RUNNING, started=stamp, heartbeat=stamp, worker=worker, uid=uid)
+            .returning(*jobs.c)
+        )
+        .mappings()
+        .first()
+    )
 
 
 def _job(row: Any) -> Job:
