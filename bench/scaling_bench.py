@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tarfile
@@ -586,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--served", type=int, default=5, help="publish-to-served samples (0: skip)")
     parser.add_argument("--output", type=Path, default=RESULTS / "scaling.md")
     args = parser.parse_args(argv)
+    # A SIGTERM (kill, timeout) ends the bench like Ctrl-C: its servers are stopped by their context managers
+    # instead of outliving it (redis-server and PostgreSQL did).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     began = time.monotonic()
     result = run(args)
