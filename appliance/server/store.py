@@ -304,8 +304,7 @@ class JobStore:
         """
         stamp = now()
         with self._transaction() as db:
-            if self.postgres:  # claims one after the other, so two never pick the same free uid
-                db.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            self._serialise(db, CLAIM_LOCK_KEY)  # claims one after the other: two never pick one free uid
             claimed = _claim_queued(db, job_id, worker, uids, stamp)
         return _job(claimed) if claimed else None
 
@@ -316,8 +315,7 @@ class JobStore:
         ``TaskOfThisWorkerError`` when this worker runs another task of the job (both need its cores)."""
         stamp = now()
         with self._transaction() as db:
-            if self.postgres:
-                db.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            self._serialise(db, CLAIM_LOCK_KEY)
             rows = db.execute(
                 sa.select(job_tasks.c.task, job_tasks.c.worker).where(job_tasks.c.job_id == job_id)
             )
@@ -360,8 +358,7 @@ class JobStore:
     def finish_task(self, job_id: str, task: int, host: str) -> bool:
         """A task ended; whether it was the last of its job on ``host`` (which then closes the directory)."""
         with self._transaction() as db:
-            if self.postgres:
-                db.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+            self._serialise(db, CLAIM_LOCK_KEY)
             db.execute(
                 job_tasks.update()
                 .where(job_tasks.c.job_id == job_id, job_tasks.c.task == task)
