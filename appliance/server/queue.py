@@ -259,52 +259,34 @@ class JobQueue:
             return
         if job is None:
             return
-        if tasks > 1:
-            self._run_task(job, TaskPlan(task, tasks))
-            return
+        # Task 0 of a multi-worker job (the chief) records the job's outcome and publishes as a one-worker
+        # job does; another task fails (or cancels) the job with its reason when it ends badly, and the job's
+        # other tasks stop at their next look at the store.
+        plan = TaskPlan(task, tasks) if tasks > 1 else None
+        what = f"job {job_id}" + (f" task {task}" if plan else "")
         identity = JobIdentity(job.uid) if job.uid is not None else None
         with self._running_lock:
             self._running += 1
         try:
-            state, error, result = JobRun(self.settings, job, self.store, worker_id(), identity).run()
+            run = JobRun(self.settings, job, self.store, worker_id(), identity, task=plan)
+            state, error, result = run.run()
         except Exception as err:
-            log.exception("job %s: internal error", job_id)
+            log.exception("%s: internal error", what)
             state, error, result = FAILED, f"internal error of the worker: {err}", None
         finally:
             with self._running_lock:
                 self._running -= 1
+        log.info("%s: %s%s", what, state, f" ({error})" if error else "")
+        if plan is not None and plan.index > 0:
+            if state != SUCCEEDED:
+                reason = f"task {plan.index} of {plan.count} on {worker_id()}: {error}"
+                self.store.finish(job_id, state, error=reason, only_from=(RUNNING,))
+            return
         # A predict job makes friend trees, not a model: nothing goes to the TFaaS replicas.
         delivers = state == SUCCEEDED and result is not None and not is_predict(job.request)
         if delivers and self.settings.replica_urls:
             result = self._queue_deliveries(job, result)
         self.store.finish(job_id, state, error=error, result=result, only_from=(RUNNING,))
-        log.info("job %s: %s%s", job_id, state, f" ({error})" if error else "")
-
-    def _run_task(self, job: Job, plan: TaskPlan) -> None:
-        """One task of a multi-worker job. Task 0 (the chief) records the job's outcome and publishes as a
-        one-worker job does; another task fails (or cancels) the job with its reason when it ends badly, and
-        the job's other tasks stop at their next look at the store."""
-        identity = JobIdentity(job.uid) if job.uid is not None else None
-        with self._running_lock:
-            self._running += 1
-        try:
-            state, error, result = JobRun(
-                self.settings, job, self.store, worker_id(), identity, task=plan
-            ).run()
-        except Exception as err:
-            log.exception("job %s task %d: internal error", job.id, plan.index)
-            state, error, result = FAILED, f"internal error of the worker: {err}", None
-        finally:
-            with self._running_lock:
-                self._running -= 1
-        if plan.index == 0:
-            if state == SUCCEEDED and result is not None and self.settings.replica_urls:
-                result = self._queue_deliveries(job, result)
-            self.store.finish(job.id, state, error=error, result=result, only_from=(RUNNING,))
-        elif state != SUCCEEDED:
-            reason = f"task {plan.index} of {plan.count} on {worker_id()}: {error}"
-            self.store.finish(job.id, state, error=reason, only_from=(RUNNING,))
-        log.info("job %s task %d: %s%s", job.id, plan.index, state, f" ({error})" if error else "")
 
 
 def _alive(pid: int) -> bool:
