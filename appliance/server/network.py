@@ -126,18 +126,21 @@ def scheduler_endpoints(address: str) -> list[Endpoint]:
     return parse_endpoints(address[len("tcp://") :], "dask_scheduler")
 
 
-def _unshare_network() -> None:
+def _network_call(call: str, *args: int) -> None:
+    """``unshare`` or ``setns`` of this thread's network namespace, from libc (Python has neither for a
+    thread); OSError with the call and errno when it fails."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
+    if getattr(libc, call)(*args, CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
-        raise OSError(errno, f"unshare(CLONE_NEWNET) failed: {__import__('os').strerror(errno)}")
+        raise OSError(errno, f"{call}(CLONE_NEWNET) failed: {os.strerror(errno)}")
+
+
+def _unshare_network() -> None:
+    _network_call("unshare")
 
 
 def _enter_network(namespace_fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(namespace_fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns(CLONE_NEWNET) failed: {os.strerror(errno)}")
+    _network_call("setns", namespace_fd)
 
 
 def _add_to_loopback(endpoint: Endpoint) -> None:
