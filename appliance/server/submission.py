@@ -36,6 +36,7 @@ from appliance.server.queue import new_job_id
 from appliance.server.resources import Resources, require_gpu_worker, require_live_workers
 from appliance.server.settings import Settings
 from appliance.server.store import QUEUED, Job
+from appliance.training.distributed import refuse_framework
 from appliance.training.warm_start import InitModel, check_workflow, read_init_model
 from servicecore.errors import BadInputError, InsufficientStorageError, NotFoundError, PayloadTooLargeError
 from servicecore.http import json_body
@@ -346,12 +347,7 @@ def _refuse_other_framework(model: Path, workers: int) -> None:
     the job then fails naming it)."""
     if model.suffix != ".json":
         return
-    framework = json.loads(model.read_text()).get("framework", "keras")
-    if framework != "keras":
-        raise BadInputError(
-            f"a {framework} model cannot train on {workers} workers: multi-worker training is data-parallel "
-            "Keras; ask for one worker"
-        )
+    refuse_framework(json.loads(model.read_text()).get("framework", "keras"), workers)
 
 
 def _check_urls(urls: list[str]) -> None:

@@ -90,11 +90,12 @@ def create_strategy() -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def refuse_framework(framework: str, cluster: Cluster) -> None:
-    """Only Keras models train on several workers."""
+def refuse_framework(framework: str, workers: int) -> None:
+    """Only Keras models train on several workers (checked at submission for a JSON model, and by the task
+    once the model is built)."""
     if framework != "keras":
         raise BadInputError(
-            f"a {framework} model cannot train on {cluster.tasks} workers: multi-worker training is "
+            f"a {framework} model cannot train on {workers} workers: multi-worker training is "
             "data-parallel Keras (TensorFlow's MultiWorkerMirroredStrategy); ask for one worker"
         )
 

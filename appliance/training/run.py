@@ -187,7 +187,7 @@ def run_training(
             regression=stream.regression,
         )
     if cluster is not None:
-        refuse_framework(framework_name(user_model), cluster)
+        refuse_framework(framework_name(user_model), cluster.tasks)
         if init is not None:
             raise BadInputError(f"init_model cannot be used with {cluster.tasks} workers; ask for one worker")
     start_difference = start_from(user_model, init) if init is not None else None
