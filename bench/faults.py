@@ -410,7 +410,7 @@ def api_master_fault(args: argparse.Namespace) -> dict[str, Any]:
 
 def job_worker_fault(args: argparse.Namespace) -> dict[str, Any]:
     """A job trains on a real XRootD site; its worker is killed; how, and how soon, the job is marked."""
-    from appliance.data.synthetic import SyntheticSchema, write_root_file
+    from appliance.data.synthetic import write_sample_pair
     from mlaas4hep_devtools.xrootd import xrootd_site
 
     data_dir = private_dir("mlaas4hep-faults-worker-")
@@ -432,18 +432,12 @@ def job_worker_fault(args: argparse.Namespace) -> dict[str, Any]:
     def job(job_id: str) -> dict[str, Any]:
         return requests.get(f"{url}/jobs/{job_id}", headers=ALICE, timeout=30).json()
 
-    schema = SyntheticSchema(n_flat=8, n_jagged=6)
     api = worker = None
     try:
         with xrootd_site(ROOT / "roles" / "xrootd_proxy") as site:
             files = [
-                site.proxy_url(
-                    site.add_file(
-                        write_root_file(data_dir / f"{kind}.root", n, shift=shift, seed=seed, schema=schema),
-                        f"faults/{kind}.root",
-                    )
-                )
-                for kind, n, shift, seed in (("signal", 3000, 1.0, 1), ("background", 5000, 0.0, 2))
+                site.proxy_url(site.add_file(path, f"faults/{path.name}"))
+                for path in write_sample_pair(data_dir).values()
             ]
             api = serve_api(data_dir, port, data_dir / "api.log", env)
             worker = start_worker()

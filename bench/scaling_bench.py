@@ -56,7 +56,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # the tests' server helpers; installed packages still come first
 
-from appliance.data.synthetic import SyntheticSchema, write_root_file  # noqa: E402
+from appliance.data.synthetic import write_sample_pair  # noqa: E402
 from appliance.server.delivery import LEASE_S  # noqa: E402
 from appliance.server.store import DELIVERED, FINISHED_STATES, JobStore  # noqa: E402
 from servicecore import atomic  # noqa: E402
@@ -367,7 +367,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     api_data.chmod(0o755)
     logs = base / "logs"
     logs.mkdir()
-    schema = SyntheticSchema(n_flat=8, n_jagged=6)
     try:
         with (
             redis_server() as queue_url,
@@ -375,13 +374,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             xrootd_site() as site,
         ):
             files = [
-                site.proxy_url(
-                    site.add_file(
-                        write_root_file(base / f"{kind}.root", n, shift=shift, seed=seed, schema=schema),
-                        f"scaling/{kind}.root",
-                    )
-                )
-                for kind, n, shift, seed in (("signal", 3000, 1.0, 1), ("background", 5000, 0.0, 2))
+                site.proxy_url(site.add_file(path, f"scaling/{path.name}"))
+                for path in write_sample_pair(base).values()
             ]
             # Deployment's heartbeat (5 s), not the tests' 1 s: the store's per-worker cost is part of the run.
             shared = {

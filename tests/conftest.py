@@ -34,15 +34,13 @@ def xrootd() -> Iterator[XRootDSite]:
 @pytest.fixture(scope="session")
 def sample_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small generated signal and background files (NanoAOD-like schema, TTrees)."""
-    from appliance.data.synthetic import SyntheticSchema, write_root_file
+    from appliance.data.synthetic import SAMPLE_SCHEMA, write_root_file, write_sample_pair
 
     base = tmp_path_factory.mktemp("samples")
-    schema = SyntheticSchema(n_flat=8, n_jagged=6)
     return {
-        "signal": write_root_file(base / "signal.root", 3000, shift=1.0, seed=1, schema=schema),
-        "background": write_root_file(base / "background.root", 5000, shift=0.0, seed=2, schema=schema),
+        **write_sample_pair(base),
         "background_twin": write_root_file(
-            base / "background_twin.root", 3000, shift=0.0, seed=3, schema=schema
+            base / "background_twin.root", 3000, shift=0.0, seed=3, schema=SAMPLE_SCHEMA
         ),
     }
 

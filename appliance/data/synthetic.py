@@ -126,6 +126,21 @@ def write_root_file(
     return path
 
 
+# The small schema and the separable pair the tests and benches train on: a shifted "signal", a "background".
+SAMPLE_SCHEMA = SyntheticSchema(n_flat=8, n_jagged=6)
+SAMPLE_PAIR = (("signal", 3000, 1.0, 1), ("background", 5000, 0.0, 2))  # (name, events, shift, seed)
+
+
+def write_sample_pair(directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """``signal.root`` and ``background.root`` of :data:`SAMPLE_PAIR` in ``directory``, by name."""
+    return {
+        name: write_root_file(
+            Path(directory) / f"{name}.root", n, shift=shift, seed=seed, schema=SAMPLE_SCHEMA
+        )
+        for name, n, shift, seed in SAMPLE_PAIR
+    }
+
+
 def _branch_types(events: dict[str, object], schema: SyntheticSchema) -> dict[str, object]:
     types: dict[str, object] = {}
     for name, values in _rename_counters(events, schema).items():
